@@ -1,0 +1,197 @@
+"""BM25 over a sparse term-weight matrix: the scoring core is a few pure functions on arrays.
+
+The index keeps the raw term-frequency matrix (docs x vocab, CSR) and derives the BM25 weight
+matrix (vocab x docs, CSR) from it, so k1/b/variant can change and documents can be added or
+removed without re-tokenising. A query is a sparse vector of term counts; scores for a batch of
+queries are one sparse matrix product, which scipy runs without the GIL, so batches use all cores.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+logger = logging.getLogger(__name__)
+
+VARIANTS = ("lucene", "okapi", "robertson", "atire")
+
+
+@dataclass(frozen=True)
+class BM25Config:
+    """BM25 parameters. ``okapi`` equals ``rank_bm25.BM25Okapi`` (idf floored at ``epsilon`` x mean idf)."""
+
+    variant: str = "lucene"
+    k1: float = 1.5
+    b: float = 0.75
+    epsilon: float = 0.25  # okapi only
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown BM25 variant {self.variant!r}; choose one of {VARIANTS}")
+        if self.k1 < 0 or not 0 <= self.b <= 1:
+            raise ValueError(f"need k1 >= 0 and 0 <= b <= 1, got k1={self.k1}, b={self.b}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def idf(df: np.ndarray, n_docs: int, cfg: BM25Config) -> np.ndarray:
+    """Inverse document frequency per term, by variant (Lucene: log(1 + (N - df + .5) / (df + .5)))."""
+    df = df.astype(np.float64)
+    if cfg.variant == "lucene":
+        return np.log1p((n_docs - df + 0.5) / (df + 0.5))
+    if cfg.variant == "atire":
+        return np.log(n_docs / np.maximum(df, 1.0))
+    raw = np.log(n_docs - df + 0.5) - np.log(df + 0.5)  # robertson / okapi
+    if cfg.variant == "okapi" and raw.size:
+        raw = np.where(raw < 0, cfg.epsilon * raw.mean(), raw)
+    return raw
+
+
+def term_weights(tf: sp.csr_matrix, cfg: BM25Config) -> sp.csr_matrix:
+    """BM25 weight of every (term, doc) pair: idf * saturated tf; returns vocab x docs CSR."""
+    n_docs = tf.shape[0]
+    doc_len = np.asarray(tf.sum(axis=1)).ravel().astype(np.float64)
+    avgdl = doc_len.mean() if n_docs and doc_len.mean() > 0 else 1.0
+    df = np.diff(tf.tocsc().indptr)
+    coo = tf.tocoo()
+    counts = coo.data.astype(np.float64)
+    norm = cfg.k1 * (1.0 - cfg.b + cfg.b * doc_len[coo.row] / avgdl)
+    sat = counts / (counts + norm)
+    if cfg.variant in ("okapi", "atire"):
+        sat *= cfg.k1 + 1.0
+    weights = sat * idf(df, n_docs, cfg)[coo.col]
+    out = sp.csr_matrix((weights.astype(cfg.dtype), (coo.col, coo.row)), shape=(tf.shape[1], n_docs))
+    out.sort_indices()
+    return out
+
+
+def count_matrix(token_lists: Sequence[Sequence[str]], vocab: dict[str, int], grow: bool,
+                 dtype: Any = np.int32) -> sp.csr_matrix:
+    """Rows of term counts; unknown terms are added to ``vocab`` when ``grow`` else dropped."""
+    indptr = [0]
+    indices: list[int] = []
+    data: list[int] = []
+    for tokens in token_lists:
+        counts = Counter(tokens)
+        for term, c in counts.items():
+            tid = vocab.get(term)
+            if tid is None:
+                if not grow:
+                    continue
+                tid = vocab[term] = len(vocab)
+            indices.append(tid)
+            data.append(c)
+        indptr.append(len(indices))
+    mat = sp.csr_matrix(
+        (np.asarray(data, dtype=dtype), np.asarray(indices, dtype=np.int64), np.asarray(indptr, dtype=np.int64)),
+        shape=(len(token_lists), len(vocab)),
+    )
+    mat.sort_indices()
+    return mat
+
+
+def top_k_rows(scores: sp.csr_matrix, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per row of a sparse score matrix: (doc indices, scores) of the k best, best first; ties by index."""
+    out = []
+    indptr, indices, data = scores.indptr, scores.indices, scores.data
+    for r in range(scores.shape[0]):
+        s, e = indptr[r], indptr[r + 1]
+        idx, val = indices[s:e], data[s:e]
+        if e - s > k:
+            part = np.argpartition(-val, k - 1)[:k]
+            idx, val = idx[part], val[part]
+        order = np.lexsort((idx, -val))
+        out.append((idx[order].astype(np.int64), val[order]))
+    return out
+
+
+class BM25Index:
+    """Term-count matrix + vocabulary + derived BM25 weights; search by sparse products."""
+
+    def __init__(self, tf: sp.csr_matrix, vocab: dict[str, int], config: BM25Config | None = None) -> None:
+        self.config = config or BM25Config()
+        self.vocab = vocab
+        self.tf = tf.tocsr()
+        self.weights = term_weights(self.tf, self.config)
+
+    @classmethod
+    def build(cls, token_lists: Sequence[Sequence[str]], config: BM25Config | None = None) -> "BM25Index":
+        """Index tokenised documents (one list of terms per document)."""
+        vocab: dict[str, int] = {}
+        tf = count_matrix(token_lists, vocab, grow=True)
+        return cls(tf, vocab, config)
+
+    @property
+    def n_docs(self) -> int:
+        return self.tf.shape[0]
+
+    def add(self, token_lists: Sequence[Sequence[str]]) -> None:
+        """Append documents; idf and average length are recomputed over the whole collection."""
+        new = count_matrix(token_lists, self.vocab, grow=True)
+        old = self.tf
+        old.resize((old.shape[0], len(self.vocab)))
+        self.tf = sp.vstack([old, new], format="csr")
+        self.weights = term_weights(self.tf, self.config)
+
+    def remove(self, rows: Sequence[int]) -> None:
+        """Drop documents by row number; later rows shift down."""
+        keep = np.ones(self.n_docs, dtype=bool)
+        keep[np.asarray(rows, dtype=np.int64)] = False
+        self.tf = self.tf[keep]
+        self.weights = term_weights(self.tf, self.config)
+
+    def query_matrix(self, token_lists: Sequence[Sequence[str]]) -> sp.csr_matrix:
+        """Queries as rows of term counts over this vocabulary (unknown terms dropped)."""
+        q = count_matrix(token_lists, self.vocab, grow=False, dtype=self.config.dtype)
+        q.resize((q.shape[0], self.weights.shape[0]))
+        return q
+
+    def scores(self, token_lists: Sequence[Sequence[str]]) -> np.ndarray:
+        """Dense scores (n_queries x n_docs); for tests and reference, not for search."""
+        return (self.query_matrix(token_lists) @ self.weights).toarray()
+
+    def search(self, token_lists: Sequence[Sequence[str]], k: int,
+               n_jobs: int | None = None, chunk: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Top-k (doc rows, scores) per query; only documents sharing a term with the query are returned."""
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        if not token_lists:
+            return []
+        q = self.query_matrix(token_lists)
+        jobs = max(1, min(n_jobs or os.cpu_count() or 1, -(-q.shape[0] // 16)))
+        step = min(chunk, -(-q.shape[0] // jobs))
+        parts = [q[i:i + step] for i in range(0, q.shape[0], step)]
+        run = lambda part: top_k_rows(part @ self.weights, k)  # noqa: E731
+        if jobs == 1 or len(parts) == 1:
+            results = [run(p) for p in parts]
+        else:
+            with ThreadPoolExecutor(jobs) as pool:
+                results = list(pool.map(run, parts))
+        return [hit for part in results for hit in part]
+
+    # --- persistence: plain arrays, no pickle -------------------------------------------------
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {"tf_data": self.tf.data, "tf_indices": self.tf.indices, "tf_indptr": self.tf.indptr}
+
+    def vocab_list(self) -> list[str]:
+        terms = [""] * len(self.vocab)
+        for term, i in self.vocab.items():
+            terms[i] = term
+        return terms
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], vocab: list[str], config: BM25Config) -> "BM25Index":
+        tf = sp.csr_matrix((arrays["tf_data"], arrays["tf_indices"], arrays["tf_indptr"]),
+                           shape=(len(arrays["tf_indptr"]) - 1, len(vocab)))
+        return cls(tf, {t: i for i, t in enumerate(vocab)}, config)
