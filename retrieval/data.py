@@ -71,7 +71,7 @@ def iter_jsonl(path: Path | str) -> Iterator[tuple[int, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            obj = json.loads(line)
+            obj = json.loads(line.rstrip("\r\n"))
         except json.JSONDecodeError as exc:
             raise DataError(f"{_where(path, n)}: malformed JSON ({exc.msg} at column {exc.colno})") from None
         if not isinstance(obj, dict):

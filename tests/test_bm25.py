@@ -1,0 +1,110 @@
+"""BM25 scoring: exact equality with rank-bm25 on real text, variants, tokenizer, add/remove."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from retrieval.bm25 import BM25Searcher
+from retrieval.sparse import BM25Config, BM25Index, idf
+from retrieval.tokenize import Tokenizer, TokenizerConfig
+
+QUERIES = [
+    "vitamin D deficiency increases mortality",
+    "microRNA regulates tumor growth in mice",
+    "the the of and",  # stopword-only in the default tokenizer; common words for rank-bm25
+    "zebrafish",
+    "",
+]
+
+
+def test_okapi_equals_rank_bm25_on_real_text(scifact_docs) -> None:
+    from rank_bm25 import BM25Okapi
+
+    tok = Tokenizer(TokenizerConfig.preset("plain"))
+    corpus = [tok(d.full_text) for d in scifact_docs]
+    reference = BM25Okapi(corpus)
+    for dtype, tol in (("float64", 1e-9), ("float32", 1e-6)):
+        index = BM25Index.build(corpus, BM25Config(variant="okapi", dtype=dtype))
+        ours = index.scores([tok(q) for q in QUERIES])
+        for q, row in zip(QUERIES, ours):
+            expected = reference.get_scores(tok(q))
+            np.testing.assert_allclose(row, expected, rtol=tol, atol=tol, err_msg=f"{dtype} {q!r}")
+
+
+def test_rank_bm25_backend_matches_native_ranking(scifact_docs) -> None:
+    native = BM25Searcher.build(scifact_docs, show_progress=False, tokenizer="plain", variant="okapi")
+    ref = BM25Searcher.build(scifact_docs, show_progress=False, tokenizer="plain", variant="okapi", backend="rank_bm25")
+    for (r1, s1), (r2, s2) in zip(native.search(QUERIES[:2], 20), ref.search(QUERIES[:2], 20)):
+        np.testing.assert_array_equal(r1, r2)
+        np.testing.assert_allclose(s1, s2, rtol=1e-6)
+    with pytest.raises(ValueError, match="variant='okapi' only"):
+        BM25Searcher.build(scifact_docs[:5], show_progress=False, backend="rank_bm25")
+
+
+def test_lucene_score_by_hand() -> None:
+    # 3 docs; "cat" in docs 0 and 2. Lucene: idf = ln(1 + (N - df + .5)/(df + .5)); tf/(tf + k1(1 - b + b dl/avgdl)).
+    docs = [["cat", "sat"], ["dog"], ["cat", "cat", "dog", "cow"]]
+    index = BM25Index.build(docs, BM25Config(variant="lucene", k1=1.2, b=0.75, dtype="float64"))
+    avgdl = 7 / 3
+    w = math.log(1 + (3 - 2 + 0.5) / (2 + 0.5))
+    expected0 = w * 1 / (1 + 1.2 * (0.25 + 0.75 * 2 / avgdl))
+    expected2 = w * 2 / (2 + 1.2 * (0.25 + 0.75 * 4 / avgdl))
+    np.testing.assert_allclose(index.scores([["cat"]])[0], [expected0, 0.0, expected2], rtol=1e-12)
+    # A repeated query term counts twice, as in Lucene, rank-bm25 and bm25s.
+    np.testing.assert_allclose(index.scores([["cat", "cat"]])[0], 2 * index.scores([["cat"]])[0])
+
+
+def test_idf_variants_and_okapi_floor() -> None:
+    df = np.array([1, 3, 4])
+    okapi = idf(df, 4, BM25Config(variant="okapi", epsilon=0.25))
+    raw = np.log(4 - df + 0.5) - np.log(df + 0.5)
+    assert okapi[0] == pytest.approx(raw[0])
+    assert okapi[2] == pytest.approx(0.25 * raw.mean())  # negative idf floored at eps * mean idf
+    assert np.all(idf(df, 4, BM25Config(variant="lucene")) > 0)
+    with pytest.raises(ValueError, match="unknown BM25 variant"):
+        BM25Config(variant="bm99")
+
+
+def test_search_topk_order_and_ties() -> None:
+    index = BM25Index.build([["a"], ["a"], ["b"], ["a", "b"]])
+    rows, scores = index.search([["a"]], k=2)[0]
+    assert len(rows) == 2 and scores[0] >= scores[1]
+    rows, _ = index.search([["zzz"]], k=5)[0]
+    assert len(rows) == 0  # no shared term, no hit
+    rows_all, _ = index.search([["a"]], k=10)[0]
+    assert sorted(rows_all.tolist()) == [0, 1, 3]
+    assert rows_all.tolist()[:2] == [0, 1]  # equal scores: lower row first
+
+
+def test_batched_search_equals_one_by_one(scifact_docs) -> None:
+    s = BM25Searcher.build(scifact_docs, show_progress=False)
+    queries = [d.title for d in scifact_docs[:40]]
+    batch = BM25Searcher(s.index, s.tokenizer, n_jobs=2).search(queries, 10)
+    for q, (rows, scores) in zip(queries, batch):
+        r1, s1 = s.search([q], 10)[0]
+        np.testing.assert_array_equal(rows, r1)
+        np.testing.assert_allclose(scores, s1)
+
+
+def test_add_and_remove_equal_a_fresh_build() -> None:
+    docs = [["apple", "pie"], ["banana"], ["apple", "tart"], ["cherry", "pie"]]
+    full = BM25Index.build(docs)
+    grown = BM25Index.build(docs[:2])
+    grown.add(docs[2:])
+    np.testing.assert_allclose(grown.scores([["apple", "pie"]]), full.scores([["apple", "pie"]]), rtol=1e-6)
+    full.remove([1])
+    fresh = BM25Index.build([docs[0], docs[2], docs[3]])
+    np.testing.assert_allclose(full.scores([["pie", "tart"]]), fresh.scores([["pie", "tart"]]), rtol=1e-6)
+
+
+def test_tokenizer_presets() -> None:
+    tok = Tokenizer()
+    assert tok("The Runners were RUNNING quickly, a b") == ["runner", "were", "run", "quick"]  # bm25s list keeps "were"
+    plain = Tokenizer(TokenizerConfig.preset("plain"))
+    assert plain("The Runners, a b") == ["the", "runners", "a", "b"]
+    with pytest.raises(ValueError, match="unknown tokenizer preset"):
+        TokenizerConfig.preset("klingon")
+    with pytest.raises(ValueError, match="unknown stemmer"):
+        Tokenizer(TokenizerConfig(stemmer="klingon"))("word")

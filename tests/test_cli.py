@@ -1,0 +1,48 @@
+"""The `retrieval` command: index -> search -> eval, JSON output, and clean errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from retrieval.cli import main
+from retrieval.sample import sample_dir
+
+
+def test_index_search_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["index", str(sample_dir()), "--out", str(tmp_path / "idx"), "--quiet"]) == 0
+    assert "indexed 80 documents with bm25" in capsys.readouterr().out
+    assert main(["search", str(tmp_path / "idx"), "why does bread dough rise", "-k", "2", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert [h["rank"] for h in hits] == [1, 2] and hits[0]["id"] == "d31"
+    assert main(["search", str(tmp_path / "idx"), "yeast", "-k", "1"]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].split() == ["rank", "score", "id", "text"] and "d31" in table
+
+
+def test_eval_on_beir_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run_file = tmp_path / "run.trec"
+    assert main(["eval", "--beir-dir", str(sample_dir()), "--quiet", "--json", "--run-out", str(run_file)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["queries"] == 24 and summary["method"] == "bm25"
+    assert 0.8 < summary["metrics"]["nDCG@10"] <= 1.0
+    assert len(run_file.read_text().splitlines()) > 24
+
+
+def test_bad_input_exits_2_with_a_message(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"_id": "a", "text": "ok"}\n{"_id": "a", "text": "dup"}\n')
+    assert main(["index", str(bad), "--out", str(tmp_path / "i")]) == 2
+    err = capsys.readouterr().err
+    assert "bad.jsonl, line 2: duplicate document id 'a'" in err and "Traceback" not in err
+    assert main(["search", str(tmp_path / "missing"), "q"]) == 2
+    assert "no such index folder" in capsys.readouterr().err
+
+
+def test_console_script_entry_point(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "retrieval.cli", "demo", "--methods", "bm25"],
+                         capture_output=True, text=True, check=True).stdout
+    assert "Bundled sample: 80 documents, 24 queries" in out and "[bm25]" in out

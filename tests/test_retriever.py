@@ -1,0 +1,126 @@
+"""The one-call API: build, retrieve, save/load round trip, add/remove, format versions."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from retrieval import Document, IndexFormatError, Retriever
+from retrieval.data import DataError, load_beir
+from retrieval.sample import sample_dir
+
+DOCS = [
+    {"_id": "a", "title": "Cats", "text": "Cats are small domesticated felines that purr."},
+    {"_id": "b", "title": "Dogs", "text": "Dogs are loyal domesticated canines that bark."},
+    {"_id": "c", "title": "", "text": ""},
+    {"_id": "d", "title": "Lions", "text": "Lions are large wild felines living in prides."},
+]
+
+
+def test_retrieve_returns_ranked_hits_with_text() -> None:
+    r = Retriever.from_documents(DOCS, show_progress=False)
+    hits = r.retrieve("wild felines", k=2)
+    assert [h.id for h in hits] == ["d", "a"]
+    assert [h.rank for h in hits] == [1, 2]
+    assert hits[0].text.startswith("Lions are") and hits[0].title == "Lions"
+    assert hits[0].score > hits[1].score > 0
+    assert len(r) == 4  # the empty document is kept
+
+
+def test_retrieve_batch_and_run_shape() -> None:
+    r = Retriever.from_documents(DOCS, show_progress=False)
+    batch = r.retrieve_batch(["bark", "purr", "nothing matches xyz"], k=3)
+    assert [[h.id for h in hits] for hits in batch] == [["b"], ["a"], []]
+    assert r.run({"q1": "felines"}, k=10) == {"q1": {h.id: h.score for h in r.retrieve("felines", 10)}}
+    with pytest.raises(TypeError):
+        r.retrieve_batch("a single string")
+    with pytest.raises(ValueError, match="k must be >= 1"):
+        r.retrieve("cats", k=0)
+
+
+def test_save_load_round_trip_gives_same_results(tmp_path: Path) -> None:
+    data = load_beir(sample_dir())
+    r = Retriever.from_documents(data.corpus(), show_progress=False, variant="okapi", k1=1.2)
+    before = r.run(data.queries, k=10)
+    r.save(tmp_path / "idx")
+    loaded = Retriever.load(tmp_path / "idx")
+    assert loaded.run(data.queries, k=10) == before
+    assert [h.to_dict() for h in loaded.retrieve("bread yeast")] == [h.to_dict() for h in r.retrieve("bread yeast")]
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["method"] == "bm25" and manifest["n_docs"] == 80
+    assert manifest["stage"]["bm25"]["variant"] == "okapi" and manifest["stage"]["tokenizer"]["stemmer"] == "english"
+    assert "library_version" in manifest
+    assert not any(p.suffix in (".pkl", ".pickle") for p in (tmp_path / "idx").rglob("*"))
+
+
+def test_save_is_atomic_and_replaces(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    r = Retriever.from_documents(DOCS, show_progress=False)
+    r.save(tmp_path / "idx")
+    r2 = Retriever.from_documents(DOCS[:2], show_progress=False)
+
+    def boom(folder: Path) -> dict:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(r2.searcher, "save", boom)
+    with pytest.raises(OSError, match="disk full"):
+        r2.save(tmp_path / "idx")
+    assert len(Retriever.load(tmp_path / "idx")) == 4  # old index intact
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]  # no temp folder left
+    monkeypatch.undo()
+    r2.save(tmp_path / "idx")
+    assert len(Retriever.load(tmp_path / "idx")) == 2
+
+
+def test_newer_format_and_damaged_folders_fail_clearly(tmp_path: Path) -> None:
+    Retriever.from_documents(DOCS, show_progress=False).save(tmp_path / "idx")
+    manifest_path = tmp_path / "idx" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["format_version"] = 99
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match="format version 99.*reads up to version 1. Upgrade"):
+        Retriever.load(tmp_path / "idx")
+    with pytest.raises(IndexFormatError, match="no such index folder"):
+        Retriever.load(tmp_path / "nope")
+    manifest["format_version"] = 1
+    manifest_path.write_text(json.dumps(manifest))
+    (tmp_path / "idx" / "stage" / "tf_data.npy").unlink()
+    with pytest.raises(IndexFormatError, match="tf_data.npy: missing"):
+        Retriever.load(tmp_path / "idx")
+
+
+def test_add_and_remove_documents(tmp_path: Path) -> None:
+    r = Retriever.from_documents(DOCS[:2], show_progress=False)
+    r.add([Document(id="d", title="Lions", text="Lions are large wild felines.")])
+    assert r.retrieve("lions", k=1)[0].id == "d"
+    with pytest.raises(DataError, match="already in the index"):
+        r.add([{"_id": "a", "text": "dup"}])
+    assert len(r) == 3
+    r.remove(["a"])
+    assert [h.id for h in r.retrieve("domesticated", k=5)] == ["b"]
+    with pytest.raises(KeyError, match="unknown document ids"):
+        r.remove(["zzz"])
+    r.save(tmp_path / "i")
+    loaded = Retriever.load(tmp_path / "i")
+    loaded.add([{"_id": "e", "text": "Eagles are birds of prey."}])
+    loaded.remove(["b"])
+    assert sorted(h.id for h in loaded.retrieve("lions eagles birds", k=5)) == ["d", "e"]
+    assert loaded.docs[0].id == "d" and loaded.docs[1].id == "e"
+
+
+def test_unknown_method() -> None:
+    with pytest.raises(ValueError, match="unknown method 'magic'"):
+        Retriever.from_documents(DOCS, method="magic")
+
+
+class ReverseReranker:
+    def rerank(self, query: str, hits):
+        return list(reversed(hits))
+
+
+def test_reranker_sees_depth_candidates_and_ranks_are_reassigned() -> None:
+    r = Retriever.from_documents(DOCS, show_progress=False, reranker=ReverseReranker(), rerank_depth=3)
+    first_stage = Retriever.from_documents(DOCS, show_progress=False).retrieve("domesticated felines", k=3)
+    assert len(first_stage) == 3
+    hits = r.retrieve("domesticated felines", k=1)
+    assert [(h.id, h.rank) for h in hits] == [(first_stage[-1].id, 1)]
