@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="index the bundled sample and answer its queries (works offline)")
-    p.add_argument("--methods", default="bm25,dense,hybrid", help="comma-separated methods")
+    p.add_argument("--methods", default="bm25", help="comma-separated methods")
     p.set_defaults(func=cmd_demo)
 
     for module, func in PLUGINS:
