@@ -26,14 +26,16 @@ PLUGINS = (("training.cli", "add_train_command"), ("retrieval.report", "add_benc
 
 def _build_options(args: argparse.Namespace) -> dict[str, Any]:
     """First-stage build options from the flags that were given (unset flags keep library defaults)."""
-    names = ["tokenizer", "variant", "k1", "b", "model", "index", "batch_size", "max_seq_length", "fusion", "weight"]
+    names = ["tokenizer", "variant", "k1", "b", "model", "index", "batch_size", "max_seq_length", "nprobe",
+             "ef_search", "fusion", "weight", "rrf_k", "depth"]
     opts = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if getattr(args, "int8", False):
         opts["int8"] = True
     if args.method == "bm25":
         opts = {k: v for k, v in opts.items() if k in ("tokenizer", "variant", "k1", "b")}
     elif args.method == "dense":
-        opts = {k: v for k, v in opts.items() if k not in ("tokenizer", "variant", "k1", "b", "fusion", "weight")}
+        hybrid_only = ("tokenizer", "variant", "k1", "b", "fusion", "weight", "rrf_k", "depth")
+        opts = {k: v for k, v in opts.items() if k not in hybrid_only}
     return opts
 
 
@@ -50,8 +52,12 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--int8", action="store_true", help="int8 CPU fast path for encoding")
     g.add_argument("--batch-size", dest="batch_size", type=int)
     g.add_argument("--max-seq-length", dest="max_seq_length", type=int)
-    g.add_argument("--fusion", choices=["rrf", "linear"], help="hybrid fusion")
-    g.add_argument("--weight", type=float, help="hybrid linear fusion: weight of the dense score")
+    g.add_argument("--nprobe", type=int, help="IVF lists probed per query")
+    g.add_argument("--ef-search", dest="ef_search", type=int, help="HNSW search breadth")
+    g.add_argument("--fusion", choices=["rrf", "linear"], help="hybrid fusion (default rrf)")
+    g.add_argument("--weight", type=float, help="hybrid linear fusion: weight of the dense score (default 0.5)")
+    g.add_argument("--rrf-k", dest="rrf_k", type=float, help="hybrid RRF constant (default 60)")
+    g.add_argument("--depth", type=int, help="hybrid: candidates per first stage before fusion (default 1000)")
 
 
 def _add_rerank_flags(p: argparse.ArgumentParser) -> None:
@@ -182,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("demo", help="index the bundled sample and answer its queries (works offline)")
-    p.add_argument("--methods", default="bm25", help="comma-separated methods")
+    p.add_argument("--methods", default="bm25,dense,hybrid", help="comma-separated methods")
     p.set_defaults(func=cmd_demo)
 
     for module, func in PLUGINS:

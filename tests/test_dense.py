@@ -1,0 +1,176 @@
+"""DenseSearcher: FAISS index choice, id mapping, add/remove, save/load and mismatch errors (tiny random BERT)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss")
+pytest.importorskip("sentence_transformers")
+
+from test_encoders import make_tiny_model  # noqa: E402
+
+from retrieval.dense import DenseSearcher, ivf_lists, pq_shape, resolve_index, same_model  # noqa: E402
+from retrieval.encoders import load_encoder  # noqa: E402
+from retrieval.errors import IndexFormatError  # noqa: E402
+from retrieval.retriever import Retriever  # noqa: E402
+from retrieval.types import Document  # noqa: E402
+
+TEXTS = ["the cat sat on the mat", "protein gene cancer", "mouse study results", "human trial therapy",
+         "increased risk patients", "cell protein effect", "dog sat on mat", "decreased cancer risk",
+         "gene therapy trial", "the human cell", "results show effect", "mouse cancer gene"]
+DOCS = [Document(f"d{i}", t) for i, t in enumerate(TEXTS)]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_tiny_model(tmp_path_factory.mktemp("dense") / "m")
+
+
+@pytest.fixture(scope="module")
+def enc(tiny):
+    return load_encoder(str(tiny), show_progress=False)
+
+
+def self_hits(searcher: DenseSearcher, docs) -> list[int]:
+    """Top row when each document's own embedding is the query."""
+    emb = searcher.encoder.encode_documents(docs)
+    return [int(r[0][0]) for r in searcher.search_vectors(emb, 3)]
+
+
+def test_index_names_resolve_to_factory_strings_by_size():
+    assert resolve_index("auto", 5_000, 384).factory == "Flat"
+    assert resolve_index("auto", 500_000, 384).factory == "HNSW32,Flat"
+    assert resolve_index("auto", 50_000_000, 384).factory.endswith("PQ48x8np")
+    assert resolve_index("flat", 10, 32).factory == "Flat"
+    assert resolve_index("ivf", 5183, 384).factory == f"IVF{ivf_lists(5183)},Flat" == "IVF132,Flat"
+    assert resolve_index("ivfpq", 5183, 384).factory == "IVF132,PQ48x8np"
+    assert resolve_index("IVF8,Flat", 100, 32).factory == "IVF8,Flat"
+    assert pq_shape(32, 12) == (4, 3) and ivf_lists(12) == 1
+    with pytest.raises(ValueError, match="trained"):
+        resolve_index("ivfpq", 1, 32)
+
+
+@pytest.mark.parametrize("index", ["flat", "hnsw", "ivf", "ivfpq"])
+def test_every_document_finds_itself_first(enc, index):
+    searcher = DenseSearcher.build(DOCS, show_progress=False, index=index, encoder=enc, nprobe=64)
+    hits = self_hits(searcher, DOCS)
+    if index == "ivfpq":   # lossy codes: most, not all, documents come back first
+        assert np.mean(np.array(hits) == np.arange(len(DOCS))) >= 0.5
+    else:
+        assert hits == list(range(len(DOCS)))
+
+
+def test_string_ids_map_to_increasing_faiss_ids(enc):
+    searcher = DenseSearcher.build(DOCS[:4], show_progress=False, index="flat", encoder=enc)
+    assert searcher.doc_ids == ["d0", "d1", "d2", "d3"] and searcher.faiss_ids.tolist() == [0, 1, 2, 3]
+    searcher.remove([1])
+    searcher.add([Document("new", "gene therapy trial")])
+    assert searcher.doc_ids == ["d0", "d2", "d3", "new"] and searcher.faiss_ids.tolist() == [0, 2, 3, 4]
+    assert searcher.row_of("new") == 3
+    with pytest.raises(ValueError, match="already"):
+        searcher.add([Document("d0", "again")])
+
+
+@pytest.mark.parametrize("index", ["flat", "hnsw", "ivf"])
+def test_add_and_remove_shift_rows_like_the_docstore(enc, index):
+    searcher = DenseSearcher.build(DOCS[:8], show_progress=False, index=index, encoder=enc, nprobe=64)
+    searcher.add(DOCS[8:])
+    assert len(searcher) == 12 and self_hits(searcher, DOCS) == list(range(12))
+    searcher.remove([1, 3])
+    kept = [d for i, d in enumerate(DOCS) if i not in (1, 3)]
+    assert searcher.doc_ids == [d.id for d in kept]
+    assert self_hits(searcher, kept) == list(range(10))
+    all_rows = {int(r) for rows, _ in searcher.search_vectors(enc.encode_documents(DOCS), 12) for r in rows}
+    assert all_rows <= set(range(10))
+    if index == "hnsw":   # HNSW cannot delete: tombstones filtered at search time
+        assert searcher.removed.tolist() == [1, 3] and searcher.index.ntotal == 12
+
+
+def test_hnsw_compacts_when_many_are_removed(enc):
+    searcher = DenseSearcher.build(DOCS, show_progress=False, index="hnsw", encoder=enc)
+    searcher.remove([0, 1])
+    assert len(searcher.removed) == 2
+    searcher.remove([0, 1])          # 4 of 12 removed > 25%: rebuilt without tombstones
+    assert len(searcher.removed) == 0 and searcher.index.ntotal == 8
+    assert self_hits(searcher, DOCS[4:]) == list(range(8))
+
+
+def test_hnsw_recall_against_flat_on_random_vectors(enc):
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((2000, enc.dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    ids = [str(i) for i in range(2000)]
+    q = emb[:50] + 0.3 * rng.standard_normal((50, enc.dim)).astype(np.float32)
+    flat = DenseSearcher.from_embeddings(ids, emb, enc, index="flat").search_vectors(q, 10)
+    hnsw = DenseSearcher.from_embeddings(ids, emb, enc, index="hnsw").search_vectors(q, 10)
+    recall = np.mean([len(set(a[0]) & set(b[0])) / 10 for a, b in zip(hnsw, flat)])
+    assert recall >= 0.95
+    np.testing.assert_allclose(flat[0][1], np.sort(emb @ q[0])[::-1][:10], rtol=1e-5)
+
+
+def test_k_larger_than_collection_and_empty_index(enc):
+    searcher = DenseSearcher.build(DOCS[:3], show_progress=False, index="flat", encoder=enc)
+    rows, scores = searcher.search(["cat"], 10)[0]
+    assert sorted(rows.tolist()) == [0, 1, 2] and np.all(np.diff(scores) <= 0)
+    empty = DenseSearcher.build([], show_progress=False, index="flat", encoder=enc)
+    assert empty.search(["cat"], 5)[0][0].size == 0
+    with pytest.raises(ValueError, match="k must"):
+        searcher.search(["cat"], 0)
+
+
+@pytest.mark.parametrize("index", ["flat", "hnsw", "ivfpq"])
+def test_save_load_round_trip(tiny, tmp_path, index):
+    r = Retriever.from_documents(DOCS, method="dense", model=str(tiny), index=index, show_progress=False)
+    r.remove(["d2"])
+    before = r.retrieve_batch(TEXTS, k=5)
+    r.save(tmp_path / "idx")
+    manifest = json.loads((tmp_path / "idx" / "stage" / "manifest.json").read_text())
+    assert manifest["kind"] == "dense" and manifest["format_version"] == 1
+    assert manifest["encoder"]["model"] == str(tiny) and manifest["encoder"]["dim"] == 32
+    assert manifest["encoder"]["normalize"] is True
+    loaded = Retriever.load(tmp_path / "idx", model=str(tiny))
+    after = loaded.retrieve_batch(TEXTS, k=5)
+    assert [[h.id for h in hs] for hs in after] == [[h.id for h in hs] for hs in before]
+    np.testing.assert_allclose([h.score for hs in after for h in hs], [h.score for hs in before for h in hs], rtol=1e-5)
+    loaded.add([Document("z", "dog sat on mat")])
+    assert loaded.retrieve("dog sat on mat", k=12)[0].id in ("z", "d6")
+
+
+def test_loading_with_another_model_fails_clearly(tiny, tmp_path):
+    r = Retriever.from_documents(DOCS[:4], method="dense", model=str(tiny), index="flat", show_progress=False)
+    r.save(tmp_path / "idx")
+    other = make_tiny_model(tmp_path / "other", seed=1)
+    with pytest.raises(IndexFormatError, match="built with model"):
+        Retriever.load(tmp_path / "idx", model=str(other))
+    wide = load_encoder(str(make_tiny_model(tmp_path / "wide", normalize=False)), show_progress=False)
+    with pytest.raises(IndexFormatError, match="normalize"):
+        Retriever.load(tmp_path / "idx", encoder=wide)
+
+
+def test_loading_with_a_different_dimension_fails_clearly(tiny, tmp_path, enc):
+    r = Retriever.from_documents(DOCS[:4], method="dense", encoder=enc, index="flat", show_progress=False)
+    r.save(tmp_path / "idx")
+    stage = tmp_path / "idx" / "stage" / "manifest.json"
+    manifest = json.loads(stage.read_text())
+    manifest["encoder"]["dim"] = 64
+    stage.write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match="dimension is 64"):
+        Retriever.load(tmp_path / "idx")
+
+
+def test_newer_format_is_refused(tiny, tmp_path, enc):
+    r = Retriever.from_documents(DOCS[:4], method="dense", encoder=enc, index="flat", show_progress=False)
+    r.save(tmp_path / "idx")
+    stage = tmp_path / "idx" / "stage" / "manifest.json"
+    manifest = json.loads(stage.read_text())
+    manifest["format_version"] = 99
+    stage.write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match="format version 99"):
+        Retriever.load(tmp_path / "idx")
+
+
+def test_model_aliases_count_as_the_same_model(tiny):
+    assert same_model(str(tiny), str(tiny) + "/")
+    assert not same_model(str(tiny), "some-org/other-model")

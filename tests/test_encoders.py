@@ -1,0 +1,147 @@
+"""Bi-encoder loading and encoding, on a tiny random BERT (offline) and a few checks on the bundled MiniLM."""
+from __future__ import annotations
+
+import inspect
+import string
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+st = pytest.importorskip("sentence_transformers")
+
+try:  # sentence-transformers >= 6
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
+except ImportError:  # older releases
+    from sentence_transformers.models import Normalize, Pooling, Transformer
+
+from retrieval.encoders import BiEncoder, load_encoder  # noqa: E402
+from retrieval.types import Document  # noqa: E402
+
+WORDS = ("the cat dog sat on mat protein cell gene cancer mouse human study results show "
+         "increased decreased risk therapy patients trial effect").split()
+
+
+def make_tiny_model(folder: Path, normalize: bool = True, prompts: dict[str, str] | None = None,
+                    pooling: str = "mean", seed: int = 0) -> Path:
+    """Write a randomly initialised 2-layer BERT sentence-transformers model (hidden 32) to ``folder``."""
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase, *string.digits,
+             *[f"##{c}" for c in string.ascii_lowercase + string.digits], *WORDS, ":", ".", ",", "-"]
+    bert_dir = folder / "bert"
+    bert_dir.mkdir(exist_ok=True)
+    (bert_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    BertModel(config).save_pretrained(bert_dir)
+    if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters:   # transformers >= 5
+        tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
+    else:
+        tokenizer = BertTokenizerFast(vocab_file=str(bert_dir / "vocab.txt"), do_lower_case=True)
+    assert tokenizer.convert_tokens_to_ids("cat") == vocab.index("cat")
+    tokenizer.save_pretrained(bert_dir)
+    modules = [Transformer(str(bert_dir), max_seq_length=64),
+               Pooling(32, pooling_mode=pooling)]
+    if normalize:
+        modules.append(Normalize())
+    model = st.SentenceTransformer(modules=modules, device="cpu", prompts=prompts,
+                                   similarity_fn_name="cosine" if normalize else "dot")
+    out = folder / "st"
+    model.save(str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("tiny") / "m")
+
+
+def test_documents_encode_title_and_text_as_float32(tiny_model_dir):
+    enc = load_encoder(str(tiny_model_dir), show_progress=False)
+    docs = [Document("d1", "cell gene", "the cat"), Document("d2", "mouse study")]
+    emb = enc.encode_documents(docs)
+    assert emb.dtype == np.float32 and emb.shape == (2, 32) and enc.dim == 32
+    same = enc.encode_documents(["the cat cell gene", "mouse study"])
+    np.testing.assert_allclose(emb, same, atol=1e-6)
+    assert enc.model_name == str(tiny_model_dir)
+
+
+def test_normalisation_follows_the_model(tmp_path):
+    normed = load_encoder(str(make_tiny_model(tmp_path / "n", normalize=True)), show_progress=False)
+    raw = load_encoder(str(make_tiny_model(tmp_path / "r", normalize=False)), show_progress=False)
+    assert normed.normalize and not raw.normalize
+    np.testing.assert_allclose(np.linalg.norm(normed.encode_queries(["cat sat"]), axis=1), 1.0, atol=1e-5)
+    assert abs(np.linalg.norm(raw.encode_queries(["cat sat"])) - 1.0) > 1e-3
+
+
+def test_prefixes_from_model_prompts_and_overrides(tmp_path):
+    path = make_tiny_model(tmp_path / "p", prompts={"query": "query: ", "document": "passage: "})
+    enc = load_encoder(str(path), show_progress=False)
+    assert (enc.query_prefix, enc.doc_prefix) == ("query: ", "passage: ")
+    plain = load_encoder(str(path), query_prefix="", doc_prefix="", show_progress=False)
+    np.testing.assert_allclose(enc.encode_queries(["cat"]), plain.encode_documents(["query: cat"]), atol=1e-5)
+    np.testing.assert_allclose(enc.encode_documents(["cat"]), plain.encode_queries(["passage: cat"]), atol=1e-5)
+    assert not np.allclose(enc.encode_queries(["cat"]), enc.encode_documents(["cat"]))
+
+
+def test_batch_order_does_not_change_embeddings(tiny_model_dir):
+    enc = load_encoder(str(tiny_model_dir), batch_size=2, show_progress=False)
+    texts = ["cat", "the dog sat on the mat", "gene", "protein cell results show increased risk"]
+    batched = enc.encode_documents(texts)
+    single = np.vstack([enc.encode_documents([t]) for t in texts])
+    np.testing.assert_allclose(batched, single, atol=1e-5)
+
+
+def test_max_seq_length_truncates(tiny_model_dir):
+    short = load_encoder(str(tiny_model_dir), max_seq_length=4, show_progress=False)
+    assert short.max_seq_length == 4
+    a, b = short.encode_documents(["cat dog sat on mat", "cat dog sat gene protein"])
+    np.testing.assert_allclose(a, b, atol=1e-6)   # identical first 2 word pieces after [CLS]
+    with pytest.raises(ValueError, match="max_seq_length"):
+        load_encoder(str(tiny_model_dir), max_seq_length=0)
+
+
+def test_from_model_wraps_in_memory_model(tiny_model_dir):
+    model = st.SentenceTransformer(str(tiny_model_dir), device="cpu")
+    enc = BiEncoder.from_model(model, model_name="tiny", show_progress=False)
+    assert enc.model_name == "tiny" and enc.dim == 32 and enc.normalize
+    np.testing.assert_allclose(enc.encode_queries(["cat"]), model.encode(["cat"], normalize_embeddings=True),
+                               atol=1e-6)
+
+
+def test_int8_path_stays_close_and_leaves_original(tiny_model_dir):
+    model = st.SentenceTransformer(str(tiny_model_dir), device="cpu")
+    fp32 = BiEncoder.from_model(model, show_progress=False)
+    int8 = BiEncoder.from_model(model, int8=True, show_progress=False)
+    assert int8.model is not model and type(model[0].auto_model.encoder.layer[0].intermediate.dense).__name__ == "Linear"
+    texts = ["the cat sat on the mat", "protein gene cancer risk"]
+    cos = (fp32.encode_documents(texts) * int8.encode_documents(texts)).sum(1)
+    assert np.all(cos > 0.95)
+    with pytest.raises(ValueError, match="CPU"):
+        load_encoder(str(tiny_model_dir), int8=True, device="cuda")
+
+
+def test_bad_inputs_fail_clearly(tiny_model_dir):
+    enc = load_encoder(str(tiny_model_dir), show_progress=False)
+    with pytest.raises(TypeError):
+        enc.encode_queries("one string")
+    assert enc.encode_documents([]).shape == (0, 32)
+    with pytest.raises(FileNotFoundError):
+        load_encoder("./no/such/model/folder")
+
+
+@pytest.mark.model
+def test_bundled_minilm_loads_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    enc = load_encoder("minilm", show_progress=False)
+    assert (enc.dim, enc.normalize, enc.pooling, enc.max_seq_length) == (384, True, "mean", 256)
+    q = enc.encode_queries(["A cat sits on a mat.", "Tumour suppressor genes in cancer."])
+    d = enc.encode_documents(["A kitten rests on a rug.", "p53 mutations drive tumour growth."])
+    sim = q @ d.T
+    assert sim[0, 0] > sim[0, 1] and sim[1, 1] > sim[1, 0]
+    int8 = load_encoder("minilm", int8=True, show_progress=False)
+    assert float((int8.encode_queries(["A cat sits on a mat."]) * q[:1]).sum()) > 0.95
