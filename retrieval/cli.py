@@ -61,16 +61,19 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_rerank_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--rerank", metavar="SPEC", help="reranker, e.g. cross-encoder:DIR or llm-yesno:smollm2")
-    p.add_argument("--rerank-depth", type=int, default=100, help="candidates passed to the reranker")
+    p.add_argument("--rerank", metavar="SPEC", help="cross-encoder:FOLDER | llm-yesno[:MODEL] | llm-rating[:MODEL] | "
+                   "llm-listwise[:MODEL]; MODEL: smollm2 (bundled), a folder, or http://HOST:PORT/v1#NAME")
+    p.add_argument("--rerank-depth", type=int, default=100, help="first-stage candidates passed to the reranker")
+    p.add_argument("--rerank-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="reranker option, repeatable (window=20, timeout=30, batch_size=16)")
 
 
 def _reranker(args: argparse.Namespace):
     if not getattr(args, "rerank", None):
         return None
-    from .rerank import load_reranker
+    from .rerank import load_reranker, parse_option
 
-    return load_reranker(args.rerank)
+    return load_reranker(args.rerank, **dict(parse_option(o) for o in args.rerank_option))
 
 
 def _print_hits(hits: list[Hit], width: int = 90) -> None:

@@ -46,3 +46,17 @@ def test_console_script_entry_point(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "retrieval.cli", "demo", "--methods", "bm25"],
                          capture_output=True, text=True, check=True).stdout
     assert "Bundled sample: 80 documents, 24 queries" in out and "[bm25]" in out
+
+
+def test_search_with_a_cross_encoder_reranker(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tiny_rerank_models import write_tiny_bert_cross_encoder
+
+    ce = write_tiny_bert_cross_encoder(tmp_path / "ce")
+    assert main(["index", str(sample_dir()), "--out", str(tmp_path / "idx"), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "idx"), "water energy light heat cells", "-k", "3", "--json",
+                 "--rerank", f"cross-encoder:{ce}", "--rerank-depth", "5", "--rerank-option", "batch_size=2"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert [h["rank"] for h in hits] == [1, 2, 3]
+    assert all("first_stage_score" in h["extra"] for h in hits)
+    assert main(["search", str(tmp_path / "idx"), "q", "--rerank", "cross-encoder:x", "--rerank-option", "nonsense=1"]) == 2

@@ -1,0 +1,97 @@
+"""Rerankers on BEIR SciFact: nDCG@10 of BM25 before/after reranking its top-N, and queries/s.
+
+    python benchmarks/rerank.py --reranker cross-encoder:models/ce-scifact --depth 100
+    python benchmarks/rerank.py --reranker llm-yesno:smollm2 --depth 20 --time-budget 600
+
+With ``--time-budget`` (or ``--max-queries``) only a seeded random subset of queries is reranked; BM25 is
+then scored on the same subset so the comparison stays fair. Writes ``benchmarks/out/<name>.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from retrieval.data import load_beir  # noqa: E402
+from retrieval.evaluation import evaluate  # noqa: E402
+from retrieval.rerank import describe, load_reranker, parse_option  # noqa: E402
+from retrieval.retriever import Retriever  # noqa: E402
+
+METRICS = ("nDCG@10", "Recall@10", "MRR@10")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="data root or a BEIR folder")
+    parser.add_argument("--dataset", default="beir/scifact")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--reranker", required=True, help="a load_reranker spec, e.g. cross-encoder:FOLDER")
+    parser.add_argument("--option", action="append", default=[], help="reranker option KEY=VALUE (repeatable)")
+    parser.add_argument("--depth", type=int, default=100, help="rerank BM25's top-N")
+    parser.add_argument("--max-queries", type=int, default=None)
+    parser.add_argument("--time-budget", type=float, default=None, help="stop reranking after this many seconds")
+    parser.add_argument("--seed", type=int, default=0, help="order in which queries are reranked")
+    parser.add_argument("--name", default=None, help="output name (default: from the reranker kind and depth)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    folder = Path(args.data) / args.dataset if (Path(args.data) / args.dataset).is_dir() else Path(args.data)
+    dataset = load_beir(folder, args.split)
+    qids = sorted(dataset.queries)
+    random.Random(args.seed).shuffle(qids)
+    if args.max_queries is not None:
+        qids = qids[: args.max_queries]
+
+    retriever = Retriever.from_documents(dataset.corpus_path, method="bm25", show_progress=False)
+    first = retriever.retrieve_batch([dataset.queries[q] for q in qids], k=args.depth)
+    options = dict(parse_option(o) for o in args.option)
+    start = time.perf_counter()
+    reranker = load_reranker(args.reranker, **options)
+    load_seconds = time.perf_counter() - start
+
+    reranked, seconds = {}, 0.0
+    for qid, hits in zip(qids, first):
+        if args.time_budget is not None and seconds >= args.time_budget:
+            break
+        tic = time.perf_counter()
+        out = reranker.rerank(dataset.queries[qid], hits)
+        seconds += time.perf_counter() - tic
+        assert sorted(h.id for h in out) == sorted(h.id for h in hits), "reranker lost or duplicated hits"
+        reranked[qid] = {h.id: h.score for h in out}
+    done = list(reranked)
+    bm25_run = {q: {h.id: h.score for h in hits} for q, hits in zip(qids, first) if q in reranked}
+    qrels = {q: dataset.qrels[q] for q in done}
+    before = evaluate(qrels, bm25_run, k_values=(10, args.depth))
+    after = evaluate(qrels, reranked, k_values=(10, args.depth))
+    result = {
+        "dataset": args.dataset, "split": args.split, "reranker": args.reranker, "options": options,
+        "settings": describe(reranker), "depth": args.depth, "queries": len(done), "of_queries": len(dataset.queries),
+        "seconds": round(seconds, 1), "load_seconds": round(load_seconds, 1),
+        "queries_per_s": round(len(done) / seconds, 4) if seconds else None,
+        "bm25": {m: round(before[m], 4) for m in (*METRICS, f"Recall@{args.depth}")},
+        "reranked": {m: round(after[m], 4) for m in (*METRICS, f"Recall@{args.depth}")},
+        "command": "python benchmarks/rerank.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    name = args.name or f"rerank-{args.reranker.split(':')[0]}-top{args.depth}"
+    out = REPO / "benchmarks" / "out" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    print(f"{args.reranker} on BM25 top-{args.depth}, {len(done)}/{len(dataset.queries)} queries: "
+          f"nDCG@10 {result['bm25']['nDCG@10']:.4f} -> {result['reranked']['nDCG@10']:.4f}, "
+          f"{result['queries_per_s']} queries/s  ({out})")
+    return result
+
+
+if __name__ == "__main__":
+    main()

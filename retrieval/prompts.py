@@ -1,0 +1,104 @@
+"""Prompt builders and response parsers for LLM rerankers, as pure functions (no model needed to test them).
+
+Prompts are chat messages (``[{"role": ..., "content": ...}]``) so a backend can apply its model's
+chat template; :func:`render_plain` is the fallback for models without one. The listwise prompt is
+RankGPT's (Sun et al., "Is ChatGPT Good at Search?", 2023); :func:`parse_permutation` turns any reply
+into a valid permutation, repairing what the model got wrong.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+Messages = list[dict[str, str]]
+
+YES_NO_CHOICES = ("Yes", "No")
+RATING_CHOICES = ("0", "1", "2", "3", "4", "5")
+
+JUDGE_SYSTEM = "You are a search relevance judge. You answer with one word, without explanation."
+RANKGPT_SYSTEM = ("You are RankGPT, an intelligent assistant that can rank passages based on their "
+                  "relevancy to the query.")
+
+
+def truncate_words(text: str, max_words: int | None) -> str:
+    """The first ``max_words`` whitespace-separated words of ``text`` (all of them when None)."""
+    if max_words is None:
+        return text.strip()
+    words = text.split()
+    return " ".join(words[:max_words])
+
+
+def yes_no_messages(query: str, passage: str) -> Messages:
+    """Ask whether the passage answers the query; the answer is read from the next token's "Yes"/"No" logits."""
+    user = (f"Query: {query}\n\nPassage: {passage}\n\n"
+            "Does the passage answer the query? Answer Yes or No.")
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def rating_messages(query: str, passage: str) -> Messages:
+    """Ask for a 0-5 relevance grade; the score is the expected grade under the digits' probabilities."""
+    user = (f"Query: {query}\n\nPassage: {passage}\n\n"
+            "Rate the relevance of the passage to the query from 0 to 5, where 0 means irrelevant "
+            "and 5 means it fully answers the query. Answer with a single digit.")
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": user}]
+
+
+def listwise_messages(query: str, passages: Sequence[str]) -> Messages:
+    """RankGPT's instruction: rank the numbered passages, answer as ``[2] > [1] > [3]``."""
+    n = len(passages)
+    numbered = "\n".join(f"[{i}] {p}" for i, p in enumerate(passages, start=1))
+    user = (f"I will provide you with {n} passages, each indicated by a numerical identifier []. "
+            f"Rank the passages based on their relevance to the search query: {query}\n\n{numbered}\n\n"
+            f"Search Query: {query}\n"
+            f"Rank the {n} passages above based on their relevance to the search query. List them in "
+            "descending order of relevance using their identifiers, the most relevant first. The output "
+            "format should be [] > [], e.g., [2] > [1]. Only respond with the ranking, do not explain.")
+    return [{"role": "system", "content": RANKGPT_SYSTEM}, {"role": "user", "content": user}]
+
+
+def render_plain(messages: Messages) -> str:
+    """A plain-text rendering for models without a chat template, ending where the answer starts."""
+    parts = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return "\n\n".join(parts) + "\n\nAssistant:"
+
+
+_BRACKETED = re.compile(r"\[\s*(\d+)\s*\]")
+_BARE = re.compile(r"\d+")
+
+
+def parse_permutation(text: str, n: int) -> list[int]:
+    """Turn a reply like ``"[3] > [1] > [2]"`` into 0-based indices forming a permutation of ``range(n)``.
+
+    Bracketed ids are read in order (bare numbers if there are none); ids out of ``1..n`` and repeats are
+    dropped; ids the reply never names keep their input order after the named ones. Never raises.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    found = _BRACKETED.findall(text) or _BARE.findall(text)
+    order: list[int] = []
+    seen: set[int] = set()
+    for token in found:
+        index = int(token) - 1
+        if 0 <= index < n and index not in seen:
+            seen.add(index)
+            order.append(index)
+    order.extend(i for i in range(n) if i not in seen)
+    return order
+
+
+def sliding_windows(n: int, window: int, step: int) -> list[tuple[int, int]]:
+    """RankGPT's windows ``[start, end)`` from the bottom of the list to the top, so good passages bubble up."""
+    if window < 1 or step < 1:
+        raise ValueError(f"window and step must be >= 1, got window={window}, step={step}")
+    if step > window:
+        raise ValueError(f"step ({step}) must not exceed window ({window}), or some passages are never ranked")
+    if n <= 0:
+        return []
+    windows = []
+    end = n
+    while True:
+        start = max(0, end - window)
+        windows.append((start, end))
+        if start == 0:
+            return windows
+        end -= step

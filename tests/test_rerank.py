@@ -1,0 +1,138 @@
+"""Reranker plumbing: score application, the cross-encoder reranker (tiny random BERT), the spec factory."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from retrieval.rerank import CrossEncoderReranker, apply_scores, load_reranker, parse_option, passage_text
+from retrieval.types import Hit
+from tiny_rerank_models import write_tiny_bert_cross_encoder
+
+
+def _hits(n: int) -> list[Hit]:
+    return [Hit(id=f"d{i}", score=float(100 - i), text=f"text {i}", rank=i + 1) for i in range(n)]
+
+
+def test_apply_scores_orders_and_keeps_first_stage_score() -> None:
+    out = apply_scores(_hits(3), [0.1, 0.9, 0.5])
+    assert [h.id for h in out] == ["d1", "d2", "d0"]
+    assert [h.score for h in out] == [0.9, 0.5, 0.1]
+    assert [h.rank for h in out] == [1, 2, 3]
+    assert [h.extra["first_stage_score"] for h in out] == [99.0, 98.0, 100.0]
+
+
+def test_apply_scores_ties_keep_input_order_and_tail_follows() -> None:
+    out = apply_scores(_hits(5), [1.0, 2.0, 1.0])
+    assert [h.id for h in out] == ["d1", "d0", "d2", "d3", "d4"]
+    assert [h.score for h in out] == [2.0, 1.0, 1.0, 0.0, -1.0]
+    assert [h.extra["reranked"] for h in out] == [True, True, True, False, False]
+
+
+def test_apply_scores_nan_goes_last_and_input_is_untouched() -> None:
+    hits = _hits(3)
+    out = apply_scores(hits, [float("nan"), 0.5, 0.2])
+    assert [h.id for h in out] == ["d1", "d2", "d0"]
+    assert out[-1].score == -math.inf
+    assert hits[0].score == 100.0 and hits[0].extra == {}
+
+
+def test_apply_scores_rejects_too_many_scores() -> None:
+    with pytest.raises(ValueError, match="3 scores for 2 hits"):
+        apply_scores(_hits(2), [1.0, 2.0, 3.0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(allow_nan=True, allow_infinity=True), max_size=30), st.integers(0, 10))
+def test_apply_scores_is_a_permutation_best_first(scores: list[float], extra: int) -> None:
+    hits = _hits(len(scores) + extra)
+    out = apply_scores(hits, scores)
+    assert sorted(h.id for h in out) == sorted(h.id for h in hits)
+    values = [h.score for h in out]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_passage_text_joins_title() -> None:
+    assert passage_text(Hit("x", 0.0, text="body", title="Title")) == "Title body"
+    assert passage_text(Hit("x", 0.0, text="body")) == "body"
+
+
+@pytest.fixture(scope="module")
+def tiny_ce(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_bert_cross_encoder(tmp_path_factory.mktemp("tiny_ce"))
+
+
+def test_cross_encoder_scores_are_the_model_logits(tiny_ce: Path) -> None:
+    reranker = load_reranker(f"cross-encoder:{tiny_ce}", batch_size=2)
+    assert isinstance(reranker, CrossEncoderReranker)
+    hits = [Hit("a", 3.0, "mice cancer cells"), Hit("b", 2.0, "paris tower iron"), Hit("c", 1.0, "river water")]
+    out = reranker.rerank("what causes cancer in mice", hits)
+    assert sorted(h.id for h in out) == ["a", "b", "c"]
+    import torch
+    logits = reranker.model.predict([("what causes cancer in mice", h.text) for h in hits],
+                                    activation_fn=torch.nn.Identity())
+    expected = {h.id: float(s) for h, s in zip(hits, logits)}
+    assert {h.id: h.score for h in out} == pytest.approx(expected, abs=1e-5)
+    assert [h.score for h in out] == sorted((h.score for h in out), reverse=True)
+
+
+def test_cross_encoder_depth_reranks_only_the_head(tiny_ce: Path) -> None:
+    reranker = CrossEncoderReranker.from_pretrained(str(tiny_ce), depth=2)
+    out = reranker.rerank("cancer", _hits(4))
+    assert [h.id for h in out][2:] == ["d2", "d3"]
+    assert out[2].score < min(out[0].score, out[1].score)
+
+
+def test_cross_encoder_in_a_retriever(tiny_ce: Path) -> None:
+    from retrieval.retriever import Retriever
+
+    docs = [{"id": str(i), "text": t} for i, t in enumerate(
+        ["mice cancer cells", "cancer gene protein", "heart disease", "paris tower", "cancer cells heart"])]
+    reranker = load_reranker(f"cross-encoder:{tiny_ce}")
+    retriever = Retriever.from_documents(docs, reranker=reranker, rerank_depth=3, show_progress=False)
+    hits = retriever.retrieve("cancer cells", k=2)
+    assert len(hits) == 2 and [h.rank for h in hits] == [1, 2]
+    assert all("first_stage_score" in h.extra for h in hits)
+
+
+def test_load_reranker_errors(tiny_ce: Path) -> None:
+    with pytest.raises(ValueError, match="unknown reranker 'bm42'"):
+        load_reranker("bm42:x")
+    with pytest.raises(ValueError, match="needs a model"):
+        load_reranker("cross-encoder")
+    with pytest.raises(ValueError, match="windw"):
+        load_reranker(f"cross-encoder:{tiny_ce}", windw=3)
+    with pytest.raises(FileNotFoundError):
+        load_reranker("cross-encoder:/no/such/folder")
+
+
+def test_load_reranker_rejects_a_classifier_with_many_labels(tmp_path: Path) -> None:
+    from transformers import BertForSequenceClassification
+
+    folder = write_tiny_bert_cross_encoder(tmp_path / "m")
+    model = BertForSequenceClassification.from_pretrained(folder, num_labels=3, ignore_mismatched_sizes=True)
+    model.save_pretrained(folder)
+    with pytest.raises(ValueError, match="3"):
+        load_reranker(f"cross-encoder:{folder}")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("window=10", ("window", 10)), ("timeout=2.5", ("timeout", 2.5)), ("show_progress=false", ("show_progress", False)),
+    ("depth=none", ("depth", None)), ("api_key=abc=1", ("api_key", "abc=1")),
+])
+def test_parse_option(text: str, expected: tuple) -> None:
+    assert parse_option(text) == expected
+
+
+def test_parse_option_needs_key_value() -> None:
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        parse_option("window")
+
+
+def test_scores_are_numpy_friendly() -> None:
+    out = apply_scores(_hits(2), np.array([0.5, 0.7], dtype=np.float32))
+    assert isinstance(out[0].score, float)
