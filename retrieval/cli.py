@@ -19,7 +19,7 @@ from .evaluation import evaluate, format_metrics, write_json_run, write_trec_run
 from .retriever import METHODS, Retriever
 from .types import Hit
 
-USER_ERRORS = (DataError, IndexFormatError, MissingDependency, FileNotFoundError, KeyError, ValueError)
+USER_ERRORS = (DataError, IndexFormatError, MissingDependency, OSError, KeyError, ValueError)
 # Extra sub-commands living next to the code they drive: (module, function adding the sub-parser).
 PLUGINS = (("training.cli", "add_train_command"), ("retrieval.report", "add_benchmark_command"))
 

@@ -59,4 +59,7 @@ def test_search_with_a_cross_encoder_reranker(tmp_path: Path, capsys: pytest.Cap
     hits = json.loads(capsys.readouterr().out)
     assert [h["rank"] for h in hits] == [1, 2, 3]
     assert all("first_stage_score" in h["extra"] for h in hits)
-    assert main(["search", str(tmp_path / "idx"), "q", "--rerank", "cross-encoder:x", "--rerank-option", "nonsense=1"]) == 2
+    assert main(["search", str(tmp_path / "idx"), "q", "--rerank", f"cross-encoder:{ce}", "--rerank-option", "nonsense=1"]) == 2
+    assert "nonsense" in capsys.readouterr().err
+    assert main(["search", str(tmp_path / "idx"), "q", "--rerank", "cross-encoder:no/such-model"]) == 2
+    assert "Traceback" not in capsys.readouterr().err

@@ -1,0 +1,192 @@
+"""Domain adaptation on SciFact from its unlabeled corpus: TSDAE, SimCSE, CT, before and after.
+
+For each objective: nDCG@10 on the test split before and after training all-MiniLM-L6-v2 on SciFact's
+corpus sentences (no queries, no qrels used in training), training time, and steps/s of our loop
+against a plain ``SentenceTransformerTrainer`` fit loop with the same loss, data and batch. Also: TSDAE
+from a randomly initialised BERT of MiniLM's shape against that model's mean-pooled embeddings (no plain
+MLM BERT checkpoint can be had offline here).
+
+    python benchmarks/domain_adaptation.py [--data ../shared/data] [--seed 42]
+
+Writes benchmarks/out/domain_adaptation.json after every stage, so a partial run still reports.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+from retrieval.models import resolve_model  # noqa: E402
+from training import TrainConfig, corpus_sentences, run  # noqa: E402
+from training.noise import NoiseConfig, noisy_batch  # noqa: E402
+
+logger = logging.getLogger("domain_adaptation")
+
+# (label, objective, overrides): bounded so each trains for a few minutes on a 2-core CPU.
+RUNS = {
+    "tsdae": ("tsdae", {"max_steps": 80}),
+    "ct": ("ct", {"max_steps": 20}),
+    "simcse": ("simcse", {"max_steps": 20, "batch_size": 32}),
+    "tsdae-gentle": ("tsdae", {"max_steps": 40, "lr": 1e-5}),
+}
+
+
+def save(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2), encoding="utf-8")
+
+
+def adapt(label: str, objective: str, overrides: dict, args: argparse.Namespace, base: str,
+          eval_len: int) -> dict:
+    """One ``training.run`` with before/after evaluation; returns its metrics (losses summarised)."""
+    out = args.work / label
+    shutil.rmtree(out, ignore_errors=True)
+    config = TrainConfig(objective=objective, corpus=str(args.scifact), base=base, out=str(out), seed=args.seed,
+                         eval_beir=str(args.scifact), eval_max_seq_length=eval_len,
+                         eval_cache_dir=str(args.work / "cache"), threads=args.threads,
+                         checkpoint_every=10_000, show_progress=False, **overrides)
+    started = time.perf_counter()
+    run(config)
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    losses = metrics.pop("losses")
+    k = max(1, len(losses) // 10)
+    metrics["loss_first_10pct"] = sum(losses[:k]) / k
+    metrics["loss_last_10pct"] = sum(losses[-k:]) / k
+    metrics["wall_seconds"] = time.perf_counter() - started
+    metrics["config"] = {k: v for k, v in config.to_dict().items() if k in ("lr", "batch_size", "max_steps", "ct_variant", "noise_ratio")}
+    metrics["config"].update(lr=config.effective_lr, batch_size=config.effective_batch_size)
+    logger.info("%s: nDCG@10 %.4f -> %.4f", label, metrics["before"]["nDCG@10"], metrics["after"]["nDCG@10"])
+    return metrics
+
+
+def st_trainer_steps_per_second(objective: str, base: str, sentences: list[str], batch_size: int, lr: float,
+                                steps: int, seed: int, work: Path) -> float:
+    """Steps/s of sentence-transformers' own Trainer with the same loss, data and batch size."""
+    import random
+
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer import losses
+    from transformers import TrainerCallback
+
+    model = SentenceTransformer(base, device="cpu")
+    model.max_seq_length = 128
+    texts = sentences[: batch_size * steps]
+    if objective == "tsdae":
+        noisy = noisy_batch(texts, NoiseConfig(), random.Random(seed))
+        data, loss = Dataset.from_dict({"noisy": noisy, "text": texts}), losses.DenoisingAutoEncoderLoss(model, tie_encoder_decoder=True)
+    elif objective == "simcse":
+        data, loss = Dataset.from_dict({"a": texts, "b": texts}), losses.MultipleNegativesRankingLoss(model, scale=20.0)
+    else:
+        data, loss = Dataset.from_dict({"text": texts}), losses.ContrastiveTensionLossInBatchNegatives(model)
+
+    class Clock(TrainerCallback):
+        began = ended = 0.0
+
+        def on_train_begin(self, *a, **k):
+            Clock.began = time.perf_counter()
+
+        def on_train_end(self, *a, **k):
+            Clock.ended = time.perf_counter()
+
+    targs = SentenceTransformerTrainingArguments(
+        output_dir=str(work / "st-trainer"), max_steps=steps, per_device_train_batch_size=batch_size,
+        learning_rate=lr, warmup_ratio=0.1, save_strategy="no", report_to="none", seed=seed,
+        dataloader_drop_last=True, use_cpu=True, logging_steps=max(1, steps), disable_tqdm=True)
+    trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=data, loss=loss, callbacks=[Clock()])
+    trainer.train()
+    return steps / (Clock.ended - Clock.began)
+
+
+def throughput(objective: str, args: argparse.Namespace, base: str, sentences: list[str]) -> dict:
+    """Our loop vs sentence-transformers' Trainer, same objective, batch, data and step count, back to back."""
+    out = args.work / f"speed-{objective}"
+    shutil.rmtree(out, ignore_errors=True)
+    config = TrainConfig(objective=objective, corpus=str(args.scifact), base=base, out=str(out), seed=args.seed,
+                         max_steps=args.speed_steps, threads=args.threads, checkpoint_every=10_000, show_progress=False)
+    run(config)
+    ours = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["steps_per_second"]
+    try:
+        theirs = st_trainer_steps_per_second(objective, base, sentences, config.effective_batch_size,
+                                             config.effective_lr, args.speed_steps, args.seed, args.work)
+    except Exception as exc:  # report why the peer could not run instead of hiding the row
+        logger.warning("sentence-transformers Trainer (%s) failed: %s", objective, exc)
+        return {"ours_steps_per_s": ours, "st_trainer_steps_per_s": None, "st_error": repr(exc)[:300]}
+    return {"ours_steps_per_s": ours, "st_trainer_steps_per_s": theirs, "ratio": ours / theirs,
+            "batch_size": config.effective_batch_size, "steps": args.speed_steps}
+
+
+def random_bert(folder: Path, like: str, seed: int) -> str:
+    """A randomly initialised BertModel of ``like``'s shape and tokenizer (a stand-in for an MLM base)."""
+    from transformers import AutoConfig, AutoTokenizer, BertModel
+
+    torch.manual_seed(seed)
+    config = AutoConfig.from_pretrained(like)
+    BertModel(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(like).save_pretrained(folder)
+    return str(folder)
+
+
+def evaluate_random_mean(base: str, args: argparse.Namespace) -> dict:
+    """The untrained random BERT with mean pooling: the "plain base" TSDAE must beat."""
+    from training.evaluate import evaluate_on_beir
+    from training.run import load_base
+
+    torch.set_num_threads(args.threads)
+    model = load_base(base, "mean", "simcse", "cpu")
+    return evaluate_on_beir(model, args.scifact, "test", args.random_eval_length, show_progress=False)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
+    p.add_argument("--runs", nargs="*", default=["tsdae", "ct", "simcse", "random-tsdae", "speed"])
+    p.add_argument("--speed-steps", type=int, default=5)
+    p.add_argument("--random-steps", type=int, default=100)
+    p.add_argument("--random-eval-length", type=int, default=64)
+    p.add_argument("--eval-length", type=int, default=128, help="max_seq_length for evaluation (MiniLM's own is 256)")
+    p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "domain_adaptation")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args.scifact = Path(args.data) / "beir" / "scifact"
+    args.work.mkdir(parents=True, exist_ok=True)
+    result_path = REPO / "benchmarks" / "out" / "domain_adaptation.json"
+    result: dict = {"command": "python " + " ".join(sys.argv), "seed": args.seed, "threads": args.threads,
+                    "date": time.strftime("%Y-%m-%d"), "runs": {}}
+    minilm = resolve_model("minilm").path
+    for name in args.runs:
+        if name in RUNS:
+            objective, overrides = RUNS[name]
+            result["runs"][name] = adapt(name, objective, overrides, args, minilm, args.eval_length)
+        elif name == "random-tsdae":
+            base = random_bert(args.work / "random-bert", minilm, args.seed)
+            result["runs"]["random-bert-mean"] = {"before": evaluate_random_mean(base, args)}
+            save(result, result_path)
+            result["runs"]["random-bert-tsdae"] = adapt(
+                "random-bert-tsdae", "tsdae", {"max_steps": args.random_steps, "pooling": "cls", "lr": 1e-4},
+                args, base, args.random_eval_length)
+        elif name == "speed":
+            sentences = corpus_sentences(args.scifact)
+            result["throughput"] = {o: throughput(o, args, minilm, sentences) for o in ("tsdae", "simcse", "ct")}
+        else:
+            p.error(f"unknown run {name!r}")
+        save(result, result_path)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,237 @@
+"""Fine-tune a cross-encoder reranker on (query, positive, BM25 hard negatives) from a BEIR train split.
+
+A cross-encoder reads query and passage together and outputs one relevance logit (Nogueira & Cho,
+"Passage Re-ranking with BERT", 2019). Training is binary cross-entropy on labelled pairs, the recipe
+of sentence-transformers' MS MARCO cross-encoders (``BinaryCrossEntropyLoss``), with negatives mined
+from the BM25 first stage the reranker will sit behind (skipping judged positives). The result is a
+plain sentence-transformers ``CrossEncoder`` folder that ``load_reranker("cross-encoder:FOLDER")`` reads.
+
+Usage::
+
+    from training.cross_encoder import CrossEncoderTrainingConfig, train_cross_encoder
+    config = CrossEncoderTrainingConfig(data="../shared/data/beir/scifact", output="models/ce-scifact")
+    folder = train_cross_encoder(config)
+
+Defaults (one epoch, batch 16, 256 tokens, lr 5e-5, 3 negatives per positive) train on SciFact's
+809 train queries in minutes on a laptop CPU.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from retrieval.data import load_beir
+from retrieval.errors import MissingDependency
+from retrieval.models import resolve_model
+from retrieval.persistence import atomic_dir
+from retrieval.types import Document, Qrels
+
+logger = logging.getLogger(__name__)
+
+TRAINING_FILE = "retrievekit_training.json"
+
+
+@dataclass
+class CrossEncoderTrainingConfig:
+    """Everything a cross-encoder training run depends on; serialises to JSON next to the weights."""
+
+    data: str  # a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)
+    output: str  # where the CrossEncoder folder is written (atomically)
+    split: str = "train"
+    base_model: str = "minilm"  # alias, local folder or hub name of an encoder (BERT-like)
+    max_seq_length: int = 256
+    batch_size: int = 16
+    epochs: int = 1
+    max_steps: int | None = None  # stop after this many optimizer steps (None: run all epochs)
+    learning_rate: float = 5e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    num_negatives: int = 3  # hard negatives per (query, positive) pair
+    negatives_depth: int = 30  # negatives are sampled from the BM25 top-`negatives_depth`
+    max_queries: int | None = None  # use only the first N train queries (quick experiments)
+    seed: int = 42
+    device: str | None = None  # None: cuda when available, else cpu
+    show_progress: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_seq_length", "batch_size", "epochs", "num_negatives", "negatives_depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CrossEncoderTrainingConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"CrossEncoderTrainingConfig.max_steps must be >= 1 or None, got {self.max_steps}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"CrossEncoderTrainingConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "CrossEncoderTrainingConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown cross-encoder training option(s) {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class PairExample:
+    """One labelled (query, passage) pair: label 1.0 for a judged positive, 0.0 for a mined negative."""
+
+    query: str
+    passage: str
+    label: float
+
+
+def mine_hard_negatives(corpus: list[Document], queries: dict[str, str], qrels: Qrels, num_negatives: int,
+                        depth: int, seed: int, show_progress: bool = True) -> list[PairExample]:
+    """Pair every judged positive with ``num_negatives`` passages sampled from BM25's top-``depth``.
+
+    Judged positives of the query are never used as negatives; queries without positives are skipped.
+    """
+    from retrieval.retriever import Retriever
+
+    retriever = Retriever.from_documents(corpus, method="bm25", show_progress=show_progress)
+    by_id = {d.id: d for d in corpus}
+    qids = [q for q in queries if any(g > 0 for g in qrels.get(q, {}).values())]
+    results = retriever.retrieve_batch([queries[q] for q in qids], k=depth)
+    rng = random.Random(seed)
+    examples: list[PairExample] = []
+    for qid, hits in zip(qids, results):
+        positives = [d for d, g in sorted(qrels[qid].items()) if g > 0 and d in by_id]
+        pool = [h.id for h in hits if qrels[qid].get(h.id, 0) <= 0]
+        for pos in positives:
+            examples.append(PairExample(queries[qid], by_id[pos].full_text, 1.0))
+            for neg in rng.sample(pool, min(num_negatives, len(pool))):
+                examples.append(PairExample(queries[qid], by_id[neg].full_text, 0.0))
+    if not examples:
+        raise ValueError("no training pairs: no query of the split has a judged positive in the corpus")
+    logger.info("mined %d training pairs for %d queries", len(examples), len(qids))
+    return examples
+
+
+def load_examples(config: CrossEncoderTrainingConfig) -> list[PairExample]:
+    """Read the BEIR split named by ``config`` and mine its training pairs."""
+    dataset = load_beir(config.data, config.split)
+    queries = dataset.queries
+    if config.max_queries is not None:
+        queries = dict(list(queries.items())[: config.max_queries])
+    corpus = list(dataset.corpus())
+    return mine_hard_negatives(corpus, queries, dataset.qrels, config.num_negatives, config.negatives_depth,
+                               config.seed, config.show_progress)
+
+
+def _batches(examples: list[PairExample], batch_size: int, epochs: int, seed: int) -> list[list[PairExample]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(epochs):
+        order = list(examples)
+        rng.shuffle(order)
+        out.extend(order[i:i + batch_size] for i in range(0, len(order), batch_size))
+    return out
+
+
+def _build_model(config: CrossEncoderTrainingConfig) -> Any:
+    try:
+        import torch
+        from sentence_transformers import CrossEncoder
+    except ImportError as exc:
+        raise MissingDependency("cross-encoder training needs: pip install 'retrievekit[train]'") from exc
+    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    ref = resolve_model(config.base_model)
+    return CrossEncoder(ref.path, num_labels=1, max_length=config.max_seq_length, device=device)
+
+
+def train_on_examples(model: Any, examples: list[PairExample], config: CrossEncoderTrainingConfig) -> list[float]:
+    """Train ``model`` in place with BCE on ``examples``; returns the loss of every step."""
+    import torch
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+    from transformers import get_linear_schedule_with_warmup
+
+    batches = _batches(examples, config.batch_size, config.epochs, config.seed)
+    if config.max_steps is not None:
+        batches = batches[: config.max_steps]
+    loss_fn = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(config.num_negatives)))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * len(batches)), len(batches))
+    model.train()
+    losses: list[float] = []
+    bar = tqdm(batches, desc="Training cross-encoder", unit="step", disable=not config.show_progress)
+    for batch in bar:
+        labels = torch.tensor([e.label for e in batch], device=model.device)
+        loss = loss_fn([[e.query for e in batch], [e.passage for e in batch]], labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        optimizer.zero_grad()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
+    model.eval()
+    return losses
+
+
+def train_cross_encoder(config: CrossEncoderTrainingConfig) -> Path:
+    """Mine pairs, fine-tune, and save a CrossEncoder folder (plus ``retrievekit_training.json``) atomically."""
+    import torch
+
+    random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    examples = load_examples(config)
+    model = _build_model(config)
+    start = time.perf_counter()
+    losses = train_on_examples(model, examples, config)
+    seconds = time.perf_counter() - start
+    logger.info("trained %d steps in %.0f s; loss %.3f -> %.3f", len(losses), seconds, losses[0], losses[-1])
+    record = {"config": config.to_dict(), "n_examples": len(examples), "steps": len(losses),
+              "train_seconds": round(seconds, 1), "losses": [round(x, 5) for x in losses]}
+    with atomic_dir(config.output) as tmp:
+        model.save_pretrained(str(tmp))
+        (tmp / TRAINING_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
+    logger.info("saved cross-encoder to %s", config.output)
+    return Path(config.output)
+
+
+def add_arguments(parser: Any) -> None:
+    """Add one ``--flag`` per config field to an argparse parser (``retrieval train cross-encoder`` uses this)."""
+    defaults = CrossEncoderTrainingConfig(data="", output="")
+    for f in fields(CrossEncoderTrainingConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.name in ("data", "output"):
+            parser.add_argument(flag, required=True, help="BEIR folder" if f.name == "data" else "output folder")
+        elif f.name == "show_progress":
+            parser.add_argument("--no-progress", dest="show_progress", action="store_false")
+        else:
+            kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
+            parser.add_argument(flag, type=kind, default=getattr(defaults, f.name),
+                                help=f"default: {getattr(defaults, f.name)}")
+
+
+def config_from_args(args: Any) -> CrossEncoderTrainingConfig:
+    """The config from parsed arguments; other attributes of ``args`` (e.g. a subcommand name) are ignored."""
+    return CrossEncoderTrainingConfig(**{f.name: getattr(args, f.name) for f in fields(CrossEncoderTrainingConfig)})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.cross_encoder --data DIR --output DIR [options]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    folder = train_cross_encoder(config_from_args(args))
+    print(folder)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
