@@ -1,8 +1,8 @@
-"""Encoding speed: our BiEncoder (fp32 and int8) against plain ``SentenceTransformer.encode``, same model/batch.
+"""Encoding speed: BiEncoder (fp32, torch int8, ONNX int8) against plain ``SentenceTransformer.encode``, same batch.
 
     python benchmarks/dense_speed.py [--data ../shared/data] [--docs 320] [--chunk 64]
 
-The three peers run in the same process on the same fixed subset (the first ``--docs`` SciFact
+The peers run in the same process on the same fixed subset (the first ``--docs`` SciFact
 documents, title + " " + text). To keep a shared, noisy machine fair, the subset is cut into chunks
 and every chunk is encoded by all peers in a rotating order; each peer's time is its sum over chunks.
 Writes ``benchmarks/out/dense_speed.json``.
@@ -27,6 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from retrieval.data import iter_documents  # noqa: E402
 from retrieval.encoders import load_encoder  # noqa: E402
+from retrieval.errors import MissingDependency  # noqa: E402
 from retrieval.models import resolve_model  # noqa: E402
 
 logger = logging.getLogger("dense_speed")
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out"))
+    ap.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime int8 peer")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import torch
@@ -61,6 +63,17 @@ def main() -> None:
         "retrievekit fp32": ours.encode_documents,
         "retrievekit int8": int8.encode_documents,
     }
+    if not args.no_onnx:
+        t = time.perf_counter()
+        try:
+            onnx = load_encoder(args.model, int8=True, backend="onnx", batch_size=args.batch_size,
+                                show_progress=False)
+        except MissingDependency as exc:
+            logger.warning("skipping the ONNX int8 peer: %s", exc)
+        else:
+            logger.info("onnx int8 encoder ready in %.1f s (export + quantise on first use, then cached)",
+                        time.perf_counter() - t)
+            peers["retrievekit int8 onnx"] = onnx.encode_documents
     for fn in peers.values():   # warm-up: first call allocates
         fn(docs[:8])
     seconds = {name: 0.0 for name in peers}
@@ -68,7 +81,7 @@ def main() -> None:
     names = list(peers)
     for i, start in enumerate(range(0, len(docs), args.chunk)):
         chunk = docs[start:start + args.chunk]
-        for name in names[i % 3:] + names[:i % 3]:
+        for name in names[i % len(names):] + names[:i % len(names)]:
             t = time.perf_counter()
             outputs[name].append(np.asarray(peers[name](chunk), dtype=np.float32))
             seconds[name] += time.perf_counter() - t

@@ -27,7 +27,7 @@ PLUGINS = (("training.cli", "add_train_command"), ("retrieval.report", "add_benc
 def _build_options(args: argparse.Namespace) -> dict[str, Any]:
     """First-stage build options from the flags that were given (unset flags keep library defaults)."""
     names = ["tokenizer", "variant", "k1", "b", "model", "index", "batch_size", "max_seq_length", "nprobe",
-             "ef_search", "fusion", "weight", "rrf_k", "depth"]
+             "ef_search", "backend", "fusion", "weight", "rrf_k", "depth"]
     opts = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
     if getattr(args, "int8", False):
         opts["int8"] = True
@@ -50,6 +50,8 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help="bi-encoder: alias (minilm), local folder or hub name")
     g.add_argument("--index", help="FAISS index: flat, hnsw, ivf, ivfpq, auto or a factory string")
     g.add_argument("--int8", action="store_true", help="int8 CPU fast path for encoding")
+    g.add_argument("--int8-backend", dest="backend", choices=["torch", "onnx"],
+                   help="int8 engine: torch dynamic quantisation (default) or ONNX Runtime")
     g.add_argument("--batch-size", dest="batch_size", type=int)
     g.add_argument("--max-seq-length", dest="max_seq_length", type=int)
     g.add_argument("--nprobe", type=int, help="IVF lists probed per query")

@@ -161,15 +161,16 @@ class DenseSearcher:
     # --- building ------------------------------------------------------------------------------
     @classmethod
     def build(cls, docs: Sequence[Document], show_progress: bool = True, *, model: str = "minilm",
-              index: str = "auto", int8: bool = False, batch_size: int = 32, max_seq_length: int | None = None,
+              index: str = "auto", int8: bool = False, backend: str = "torch", batch_size: int = 32,
+              max_seq_length: int | None = None,
               query_prefix: str | None = None, doc_prefix: str | None = None, device: str | None = None,
               nprobe: int | None = None, ef_search: int | None = None, ef_construction: int | None = None,
               encoder: BiEncoder | None = None) -> "DenseSearcher":
         """Embed ``docs`` with ``model`` (or a ready ``encoder``) and index them with ``index``."""
         if encoder is None:
-            encoder = load_encoder(model, int8=int8, max_seq_length=max_seq_length, query_prefix=query_prefix,
-                                   doc_prefix=doc_prefix, batch_size=batch_size, device=device,
-                                   show_progress=show_progress)
+            encoder = load_encoder(model, int8=int8, backend=backend, max_seq_length=max_seq_length,
+                                   query_prefix=query_prefix, doc_prefix=doc_prefix, batch_size=batch_size,
+                                   device=device, show_progress=show_progress)
         emb = encoder.encode_documents(docs, show_progress=show_progress)
         return cls.from_embeddings([d.id for d in docs], emb, encoder, index=index, nprobe=nprobe,
                                    ef_search=ef_search, ef_construction=ef_construction)
@@ -311,7 +312,9 @@ class DenseSearcher:
                                    f"(dim {saved['dim']}); got model={model!r}. Rebuild, or load with model="
                                    f"{saved['model']!r}.")
         if encoder is None:
-            encoder = load_encoder(saved["model"], int8=saved["int8"] if int8 is None else int8,
+            use_int8 = saved["int8"] if int8 is None else int8
+            encoder = load_encoder(saved["model"], int8=use_int8,
+                                   backend=saved.get("backend", "torch") if use_int8 else "torch",
                                    max_seq_length=saved["max_seq_length"], query_prefix=saved["query_prefix"],
                                    doc_prefix=saved["doc_prefix"], batch_size=batch_size, device=device,
                                    show_progress=show_progress)

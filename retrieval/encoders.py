@@ -32,6 +32,7 @@ KNOWN_PREFIXES: dict[str, tuple[str, str]] = {
     "BAAI/bge-large-en-v1.5": ("Represent this sentence for searching relevant passages: ", ""),
 }
 QUERY_PROMPT_NAMES = ("query",)
+INT8_BACKENDS = ("torch", "onnx")
 DOC_PROMPT_NAMES = ("document", "passage", "doc", "corpus")
 
 
@@ -41,6 +42,7 @@ class EncoderConfig:
 
     model: str = "minilm"
     int8: bool = False
+    backend: str = "torch"
     max_seq_length: int | None = None
     query_prefix: str | None = None
     doc_prefix: str | None = None
@@ -93,11 +95,17 @@ class BiEncoder:
     """A sentence-transformers model that embeds queries and documents as float32 numpy arrays.
 
     ``encode`` sorts texts by length inside sentence-transformers (one padded length per batch);
-    ``int8=True`` swaps nn.Linear for dynamically quantised int8 kernels (CPU only, see ``quantize.py``).
+    ``int8=True`` swaps nn.Linear for dynamically quantised int8 kernels (``backend="torch"``, ``quantize.py``)
+    or runs an int8 ONNX export of the transformer (``backend="onnx"``, ``onnx_backend.py``); CPU only.
     """
 
-    def __init__(self, model: Any, config: EncoderConfig) -> None:
+    def __init__(self, model: Any, config: EncoderConfig, cache_dir: str | None = None) -> None:
+        if config.backend not in INT8_BACKENDS:
+            raise ValueError(f"backend must be one of {INT8_BACKENDS}, got {config.backend!r}")
+        if config.backend == "onnx" and not config.int8:
+            raise ValueError("backend='onnx' is an int8 path; pass int8=True (fp32 always runs in torch)")
         self.model = model
+        self.onnx: Any = None
         self.config = config
         self.model_name = config.model
         if config.max_seq_length is not None:
@@ -114,22 +122,26 @@ class BiEncoder:
         if not dim:
             raise ValueError(f"model {config.model!r} does not report its embedding dimension")
         self.dim = int(dim)
-        if config.int8:
+        if config.int8 and config.backend == "onnx":
+            from .onnx_backend import OnnxEncoder
+
+            self.onnx = OnnxEncoder(model, cache_dir=cache_dir)
+        elif config.int8:
             from .quantize import quantize_linear_int8
 
             self.model = quantize_linear_int8(model)
 
     @classmethod
-    def from_model(cls, model: Any, *, model_name: str | None = None, int8: bool = False,
-                   max_seq_length: int | None = None, query_prefix: str | None = None,
+    def from_model(cls, model: Any, *, model_name: str | None = None, int8: bool = False, backend: str = "torch",
+                   cache_dir: str | None = None, max_seq_length: int | None = None, query_prefix: str | None = None,
                    doc_prefix: str | None = None, batch_size: int = 32, device: str | None = None,
                    show_progress: bool = True) -> "BiEncoder":
         """Wrap an in-memory ``SentenceTransformer`` (e.g. one just trained)."""
         name = model_name or getattr(getattr(model, "model_card_data", None), "base_model", None) or "in-memory"
-        config = EncoderConfig(model=str(name), int8=int8, max_seq_length=max_seq_length, query_prefix=query_prefix,
-                               doc_prefix=doc_prefix, batch_size=batch_size, device=device,
-                               show_progress=show_progress)
-        return cls(model, config)
+        config = EncoderConfig(model=str(name), int8=int8, backend=backend, max_seq_length=max_seq_length,
+                               query_prefix=query_prefix, doc_prefix=doc_prefix, batch_size=batch_size,
+                               device=device, show_progress=show_progress)
+        return cls(model, config, cache_dir=cache_dir)
 
     @property
     def max_seq_length(self) -> int:
@@ -139,11 +151,14 @@ class BiEncoder:
         """What a saved index must agree with: model, dimension, normalisation, pooling, prefixes."""
         return {"model": self.model_name, "dim": self.dim, "normalize": self.normalize, "pooling": self.pooling,
                 "query_prefix": self.query_prefix, "doc_prefix": self.doc_prefix,
-                "max_seq_length": self.max_seq_length, "int8": self.config.int8}
+                "max_seq_length": self.max_seq_length, "int8": self.config.int8, "backend": self.config.backend}
 
     def _encode(self, texts: list[str], prefix: str, show_progress: bool) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self.onnx is not None:
+            return self.onnx.encode(texts, prompt=prefix or None, batch_size=self.config.batch_size,
+                                    normalize=self.normalize, show_progress=show_progress)
         emb = self.model.encode(texts, prompt=prefix or None, batch_size=self.config.batch_size,
                                 show_progress_bar=show_progress, convert_to_numpy=True,
                                 normalize_embeddings=self.normalize)
@@ -164,10 +179,15 @@ class BiEncoder:
         return self._encode(texts, self.doc_prefix, show_progress=progress and len(texts) > self.config.batch_size)
 
 
-def load_encoder(model: str = "minilm", *, int8: bool = False, max_seq_length: int | None = None,
+def load_encoder(model: str = "minilm", *, int8: bool = False, backend: str = "torch",
+                 cache_dir: str | None = None, max_seq_length: int | None = None,
                  query_prefix: str | None = None, doc_prefix: str | None = None, batch_size: int = 32,
                  device: str | None = None, show_progress: bool = True) -> BiEncoder:
-    """Load a bi-encoder by alias (``minilm``: bundled, offline), local folder, or hub name."""
+    """Load a bi-encoder by alias (``minilm``: bundled, offline), local folder, or hub name.
+
+    ``int8=True`` picks the CPU int8 path: ``backend="torch"`` (dynamic nn.Linear) or ``"onnx"`` (ONNX Runtime,
+    export cached in ``cache_dir``, default ``~/.cache/retrievekit/onnx``; needs ``pip install onnxruntime onnx``).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     ref = resolve_model(model)
@@ -176,6 +196,7 @@ def load_encoder(model: str = "minilm", *, int8: bool = False, max_seq_length: i
     st = _sentence_transformers()
     logger.info("loading bi-encoder %s from %s", model, ref.path)
     st_model = st.SentenceTransformer(ref.path, device="cpu" if int8 else device, local_files_only=ref.is_local)
-    config = EncoderConfig(model=str(model), int8=int8, max_seq_length=max_seq_length, query_prefix=query_prefix,
-                           doc_prefix=doc_prefix, batch_size=batch_size, device=device, show_progress=show_progress)
-    return BiEncoder(st_model, config)
+    config = EncoderConfig(model=str(model), int8=int8, backend=backend, max_seq_length=max_seq_length,
+                           query_prefix=query_prefix, doc_prefix=doc_prefix, batch_size=batch_size, device=device,
+                           show_progress=show_progress)
+    return BiEncoder(st_model, config, cache_dir=cache_dir)

@@ -174,3 +174,17 @@ def test_newer_format_is_refused(tiny, tmp_path, enc):
 def test_model_aliases_count_as_the_same_model(tiny):
     assert same_model(str(tiny), str(tiny) + "/")
     assert not same_model(str(tiny), "some-org/other-model")
+
+
+def test_int8_backend_is_recorded_and_reused_on_load(tiny, tmp_path, monkeypatch):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("RETRIEVEKIT_CACHE", str(tmp_path / "cache"))
+    r = Retriever.from_documents(DOCS, method="dense", model=str(tiny), int8=True, backend="onnx",
+                                 show_progress=False)
+    r.save(tmp_path / "idx")
+    manifest = json.loads((tmp_path / "idx" / "stage" / "manifest.json").read_text())
+    assert manifest["encoder"]["int8"] is True and manifest["encoder"]["backend"] == "onnx"
+    loaded = Retriever.load(tmp_path / "idx")
+    assert loaded.searcher.encoder.config.backend == "onnx"
+    assert [h.id for h in loaded.retrieve(TEXTS[0], k=3)] == [h.id for h in r.retrieve(TEXTS[0], k=3)]
+    assert Retriever.load(tmp_path / "idx", int8=False).searcher.encoder.config.backend == "torch"

@@ -145,3 +145,78 @@ def test_bundled_minilm_loads_offline(monkeypatch):
     assert sim[0, 0] > sim[0, 1] and sim[1, 1] > sim[1, 0]
     int8 = load_encoder("minilm", int8=True, show_progress=False)
     assert float((int8.encode_queries(["A cat sits on a mat."]) * q[:1]).sum()) > 0.95
+
+
+def test_onnx_int8_backend_matches_torch_and_reuses_its_cache(tiny_model_dir, tmp_path, caplog):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    cache = tmp_path / "onnx-cache"
+    fp32 = load_encoder(str(tiny_model_dir), show_progress=False)
+    onnx = load_encoder(str(tiny_model_dir), int8=True, backend="onnx", cache_dir=str(cache), batch_size=2,
+                        show_progress=False)
+    assert onnx.describe()["backend"] == "onnx" and onnx.config.to_dict()["backend"] == "onnx"
+    texts = ["the cat sat on the mat", "protein gene cancer risk", "mouse", "study results show increased risk"]
+    got, ref = onnx.encode_documents(texts), fp32.encode_documents(texts)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert np.all((got * ref).sum(1) > 0.95)
+    assert np.argmax(got @ ref.T, axis=1).tolist() == [0, 1, 2, 3]
+    folders = list(cache.iterdir())
+    assert len(folders) == 1 and (folders[0] / "model.int8.onnx").is_file()
+    stamp = (folders[0] / "model.int8.onnx").stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="retrieval.onnx_backend"):
+        again = load_encoder(str(tiny_model_dir), int8=True, backend="onnx", cache_dir=str(cache), show_progress=False)
+    assert "reusing" in caplog.text and list(cache.iterdir()) == folders
+    assert (folders[0] / "model.int8.onnx").stat().st_mtime_ns == stamp
+    # activations are quantised per batch, so another batch size moves the vectors only slightly
+    np.testing.assert_allclose(again.encode_documents(texts), got, atol=2e-3)
+    other = make_tiny_model(tmp_path / "other", seed=1)
+    load_encoder(str(other), int8=True, backend="onnx", cache_dir=str(cache), show_progress=False)
+    assert len(list(cache.iterdir())) == 2   # different weights, different cache folder
+
+
+def test_onnx_backend_follows_prefixes_truncation_and_pooling(tmp_path):
+    pytest.importorskip("onnxruntime")
+    cache = str(tmp_path / "cache")
+    path = make_tiny_model(tmp_path / "p", prompts={"query": "query: ", "document": "passage: "}, pooling="cls",
+                           normalize=False)
+    torch_enc = load_encoder(str(path), max_seq_length=4, show_progress=False)
+    onnx = load_encoder(str(path), int8=True, backend="onnx", cache_dir=cache, max_seq_length=4, show_progress=False)
+    assert onnx.max_seq_length == 4 and onnx.pooling == "cls" and not onnx.normalize
+    q, r = onnx.encode_queries(["cat dog sat on mat"]), torch_enc.encode_queries(["cat dog sat on mat"])
+    assert float((q * r).sum() / np.linalg.norm(q) / np.linalg.norm(r)) > 0.95
+    a, b = onnx.encode_documents(["cat dog sat on mat", "cat dog sat gene protein"])
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    assert onnx.encode_documents([]).shape == (0, 32)
+
+
+def test_onnx_backend_options_and_missing_dependency(tiny_model_dir, monkeypatch):
+    with pytest.raises(ValueError, match="int8=True"):
+        load_encoder(str(tiny_model_dir), backend="onnx")
+    with pytest.raises(ValueError, match="backend"):
+        load_encoder(str(tiny_model_dir), int8=True, backend="tensorrt")
+    import builtins
+
+    from retrieval.errors import MissingDependency
+
+    real_import = builtins.__import__
+
+    def no_onnxruntime(name, *args, **kwargs):
+        if name.split(".")[0] in ("onnxruntime", "onnx"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_onnxruntime)
+    with pytest.raises(MissingDependency, match="pip install onnxruntime onnx"):
+        load_encoder(str(tiny_model_dir), int8=True, backend="onnx")
+
+
+@pytest.mark.model
+def test_bundled_minilm_onnx_int8_stays_close(monkeypatch, tmp_path):
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    texts = ["A cat sits on a mat.", "p53 mutations drive tumour growth in several human cancers."]
+    fp32 = load_encoder("minilm", show_progress=False).encode_documents(texts)
+    onnx = load_encoder("minilm", int8=True, backend="onnx", cache_dir=str(tmp_path), show_progress=False)
+    assert onnx.describe()["backend"] == "onnx"
+    assert np.all((onnx.encode_documents(texts) * fp32).sum(1) > 0.97)

@@ -14,7 +14,7 @@ from retrieval.mteb_tasks import (
     load_task, run_task, undersample,
 )
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from conftest import DATA  # ../shared/data or $RETRIEVEKIT_DATA
 
 
 class TableEncoder:
