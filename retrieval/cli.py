@@ -143,9 +143,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     methods = args.methods.split(",")
     print(f"Bundled sample: {sum(1 for _ in data.corpus())} documents, {len(data.queries)} queries\n")
     query = next(iter(data.queries.values()))
+    built: dict[str, Retriever] = {}
     for method in methods:
         start = time.perf_counter()
-        retriever = Retriever.from_documents(data.corpus(), method=method, show_progress=False)
+        if method == "hybrid" and {"bm25", "dense"} <= built.keys():
+            from .hybrid import HybridSearcher  # reuse both stages instead of encoding the corpus again
+
+            searcher = HybridSearcher(built["bm25"].searcher, built["dense"].searcher)
+            retriever = Retriever(searcher, built["dense"].docs)
+        else:
+            retriever = Retriever.from_documents(data.corpus(), method=method, show_progress=False)
+        built[method] = retriever
         run = retriever.run(data.queries, k=100)
         metrics = evaluate(data.qrels, run)
         print(f"[{method}] built+searched in {time.perf_counter() - start:.1f}s   {format_metrics(metrics)}")

@@ -12,7 +12,7 @@ from .docstore import DocStore
 from .errors import IndexFormatError
 from .persistence import atomic_dir, read_manifest, write_manifest
 from .protocols import Reranker, RowHits, Searcher
-from .types import Document, Hit, Run
+from .types import Hit, Run
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +137,3 @@ class Retriever:
             raise IndexFormatError(f"{path}: manifest says {manifest.get('n_docs')} docs, found {len(docs)}")
         searcher = searcher_class(manifest["method"]).load(path / "stage", manifest["stage"], **options)
         return cls(searcher, docs, reranker=reranker, rerank_depth=rerank_depth)
-
-
-def documents_of(retriever: Retriever) -> Iterable[Document]:
-    """All documents of a retriever, in row order."""
-    return iter(retriever.docs)
