@@ -1,4 +1,4 @@
-"""Domain adaptation of embedding models from unlabeled text: TSDAE, SimCSE, Contrastive Tension.
+"""Domain adaptation of embedding models from unlabeled text: TSDAE, SimCSE, Contrastive Tension, corpus pairs.
 
 ``run(TrainConfig(objective="tsdae", corpus="docs.jsonl", base="minilm", out="runs/x"))`` trains,
 checkpoints, optionally evaluates before/after on a BEIR split, and returns a sentence-transformers folder.
@@ -17,6 +17,7 @@ _EXPORTS = {
     "run": "run", "load_base": "run", "build_objective": "run",
     "TSDAE": "tsdae", "TSDAELoss": "tsdae", "build_decoder": "tsdae",
     "SimCSE": "simcse",
+    "Pairs": "pairs", "corpus_documents": "pairs", "make_pair": "pairs",
     "ContrastiveTension": "contrastive_tension", "ct_pairs": "contrastive_tension",
     "NoiseConfig": "noise", "noisy_text": "noise", "split_words": "noise",
     "Batch": "objective", "Objective": "objective",

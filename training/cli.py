@@ -1,4 +1,4 @@
-"""``retrieval train tsdae|simcse|ct|cross-encoder ...``: the command-line face of ``training.run``.
+"""``retrieval train tsdae|simcse|ct|pairs|cross-encoder ...``: the command-line face of ``training.run``.
 
 Importing this module is cheap (no torch); the heavy imports happen when the command runs.
 """
@@ -8,7 +8,7 @@ import argparse
 import json
 from pathlib import Path
 
-OBJECTIVES = ("tsdae", "simcse", "ct")
+OBJECTIVES = ("tsdae", "simcse", "ct", "pairs")
 
 
 def _common_flags(p: argparse.ArgumentParser) -> None:
@@ -45,6 +45,9 @@ def _objective_flags(name: str, p: argparse.ArgumentParser) -> None:
         p.add_argument("--untied", action="store_true", help="do not tie encoder and decoder weights")
     elif name == "simcse":
         p.add_argument("--temperature", type=float, default=0.05)
+    elif name == "pairs":
+        p.add_argument("--pair-source", choices=["title-body", "ict"], default="title-body",
+                       help="anchor -> passage: a title -> its text, or a sentence -> the rest of its document")
     else:
         p.add_argument("--variant", choices=["in-batch", "original"], default="in-batch")
         p.add_argument("--pos-neg-ratio", type=int, default=8)
@@ -62,6 +65,8 @@ def config_from_args(args: argparse.Namespace):
         extra = {"temperature": args.temperature}
     elif args.objective == "ct":
         extra = {"ct_variant": args.variant, "pos_neg_ratio": args.pos_neg_ratio}
+    elif args.objective == "pairs":
+        extra = {"pair_source": args.pair_source}
     return TrainConfig(
         objective=args.objective, corpus=args.corpus, base=args.base, out=args.out, max_steps=args.max_steps,
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_ratio=args.warmup_ratio, seed=args.seed,
@@ -94,7 +99,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``train`` with one sub-command per objective (plus ``cross-encoder`` when that module exists)."""
-    train = subparsers.add_parser("train", help="adapt an embedding model to a corpus (TSDAE, SimCSE, CT)",
+    train = subparsers.add_parser("train", help="adapt an embedding model to a corpus (TSDAE, SimCSE, CT, corpus pairs)",
                                   description="Domain adaptation from unlabeled text; writes OUT/model.")
     objectives = train.add_subparsers(dest="objective", required=True, metavar="{" + ",".join((*OBJECTIVES, "cross-encoder")) + "}")
     for name in OBJECTIVES:

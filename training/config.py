@@ -6,18 +6,21 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-OBJECTIVE_NAMES = ("tsdae", "simcse", "ct")
+OBJECTIVE_NAMES = ("tsdae", "simcse", "ct", "pairs")
+PAIR_SOURCES = ("title-body", "ict")
 CT_VARIANTS = ("in-batch", "original")
 POOLINGS = ("auto", "cls", "mean", "max")
 
 # Defaults per objective, from the papers: TSDAE (Wang et al. 2021) lr 3e-5, batch 8; SimCSE (Gao et al.
 # 2021, unsupervised BERT-base) lr 3e-5, batch 64; CT (Carlsson et al. 2021) lr 1e-5, batch 16;
-# in-batch CT as in sentence-transformers' example, lr 5e-5, batch 32.
+# in-batch CT as in sentence-transformers' example, lr 5e-5, batch 32; corpus pairs with in-batch negatives
+# (the objective all-MiniLM-L6-v2 was trained with) at sentence-transformers' default lr 2e-5, batch 32.
 OBJECTIVE_DEFAULTS: dict[str, dict[str, float | int]] = {
     "tsdae": {"lr": 3e-5, "batch_size": 8},
     "simcse": {"lr": 3e-5, "batch_size": 64},
     "ct": {"lr": 1e-5, "batch_size": 16},
     "ct-in-batch": {"lr": 5e-5, "batch_size": 32},
+    "pairs": {"lr": 2e-5, "batch_size": 32},
 }
 
 
@@ -44,7 +47,7 @@ class TrainConfig:
     # corpus -> sentences
     min_words: int = 5
     max_words: int = 64
-    max_sentences: int | None = None
+    max_sentences: int | None = None  # for pairs: the first N usable documents
     # TSDAE
     noise: str = "delete"
     noise_ratio: float = 0.6
@@ -55,6 +58,8 @@ class TrainConfig:
     # Contrastive Tension
     ct_variant: str = "in-batch"
     pos_neg_ratio: int = 8  # original CT: one identical pair for every pos_neg_ratio pairs
+    # corpus pairs: "title-body" (title -> text) or "ict" (a sentence -> the rest of its document)
+    pair_source: str = "title-body"
     # checkpoints and resume
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -73,6 +78,8 @@ class TrainConfig:
             raise ValueError(f"objective {self.objective!r}: expected one of {OBJECTIVE_NAMES}")
         if self.ct_variant not in CT_VARIANTS:
             raise ValueError(f"ct_variant {self.ct_variant!r}: expected one of {CT_VARIANTS}")
+        if self.pair_source not in PAIR_SOURCES:
+            raise ValueError(f"pair_source {self.pair_source!r}: expected one of {PAIR_SOURCES}")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling {self.pooling!r}: expected one of {POOLINGS}")
         for name in ("max_steps", "batch_size", "checkpoint_every", "epochs"):

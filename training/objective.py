@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from torch import nn
 
@@ -17,7 +17,7 @@ class Batch:
 
 
 class Objective(Protocol):
-    """A loss module plus the rule that turns a batch of sentences into its inputs.
+    """A loss module plus the rule that turns a batch of items (sentences, or documents for pairs) into inputs.
 
     ``make_batch`` must draw all its randomness from ``rng`` so a run is reproducible and resumable.
     """
@@ -25,4 +25,4 @@ class Objective(Protocol):
     name: str
     loss: nn.Module
 
-    def make_batch(self, sentences: list[str], rng: random.Random) -> Batch: ...
+    def make_batch(self, sentences: list[Any], rng: random.Random) -> Batch: ...

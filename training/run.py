@@ -39,6 +39,7 @@ from .config import RESUME_MAY_CHANGE, TrainConfig
 from .contrastive_tension import ContrastiveTension
 from .noise import NoiseConfig
 from .objective import Batch, Objective
+from .pairs import Pairs, corpus_documents
 from .sentences import SentenceOptions, corpus_sentences
 from .simcse import SimCSE
 from .tsdae import TSDAE
@@ -78,8 +79,18 @@ def load_base(base: str, pooling: str, objective: str, device: str) -> SentenceT
     return model
 
 
-def build_objective(config: TrainConfig, model: SentenceTransformer, sentences: list[str]) -> Objective:
+def training_items(config: TrainConfig) -> list[Any]:
+    """What one batch row is made from: a corpus sentence, or for ``pairs`` a document's parts."""
+    if config.objective == "pairs":
+        return corpus_documents(config.corpus, config.pair_source, config.min_words, config.max_sentences)
+    return corpus_sentences(config.corpus, SentenceOptions(config.min_words, config.max_words,
+                                                           max_sentences=config.max_sentences))
+
+
+def build_objective(config: TrainConfig, model: SentenceTransformer, sentences: list[Any]) -> Objective:
     """The objective named by ``config.objective`` with its settings."""
+    if config.objective == "pairs":
+        return Pairs(model, pair_source=config.pair_source)
     if config.objective == "tsdae":
         noise = NoiseConfig(kind=config.noise, ratio=config.noise_ratio, unit=config.noise_unit)
         return TSDAE(model, noise=noise, tie_weights=config.tie_weights)
@@ -214,7 +225,7 @@ def _before_cache(config: TrainConfig, model: SentenceTransformer) -> str | None
                f"{config.eval_split}-{config.eval_max_seq_length}")
 
 
-def train_steps(config: TrainConfig, model: SentenceTransformer, objective: Objective, sentences: list[str],
+def train_steps(config: TrainConfig, model: SentenceTransformer, objective: Objective, sentences: list[Any],
                 out: Path, device: str) -> dict[str, Any]:
     """The optimisation loop, resuming from the last checkpoint when ``config.resume``."""
     batch_size = config.effective_batch_size
@@ -263,8 +274,7 @@ def run(config: TrainConfig) -> Path:
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
-    sentences = corpus_sentences(config.corpus, SentenceOptions(config.min_words, config.max_words,
-                                                                max_sentences=config.max_sentences))
+    sentences = training_items(config)
     model = load_base(config.base, config.pooling, config.objective, device)
     saved_length = model.max_seq_length  # the base's own limit goes into the result; training uses ours
     metrics_path = out / "metrics.json"

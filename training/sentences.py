@@ -57,7 +57,8 @@ def document_sentences(doc: Document, options: SentenceOptions) -> Iterator[str]
                 yield piece
 
 
-def _documents(source: str | Path | Iterable[object]) -> Iterator[Document]:
+def read_corpus(source: str | Path | Iterable[object]) -> Iterator[Document]:
+    """Documents of any corpus ``retrieval.data`` reads, plus ``.txt`` files (one document a line)."""
     path = Path(source) if isinstance(source, (str, Path)) else None
     if path is not None and path.is_file() and path.suffix.lower() == ".txt":
         # Plain text: one document per non-blank line.
@@ -77,7 +78,7 @@ def corpus_sentences(source: str | Path | Iterable[object], options: SentenceOpt
     seen: set[str] = set()
     out: list[str] = []
     docs = 0
-    for doc in _documents(source):
+    for doc in read_corpus(source):
         docs += 1
         for sentence in document_sentences(doc, options):
             key = sentence.casefold()
