@@ -172,6 +172,20 @@ def test_before_after_evaluation_on_a_beir_folder(tiny_bert, scifact_dir, tmp_pa
     assert 0.0 <= a["before"]["nDCG@10"] <= 1.0 and 0.0 <= a["after"]["nDCG@10"] <= 1.0
     assert a["before"]["nDCG@10"] == b["before"]["nDCG@10"]  # the second run read the cached base vectors
     assert len(list(cache.glob("*.npy"))) == 1
+    # another eval length is another cache entry, even though the base's path (tmp) may hold dots
+    run(_config(tiny_bert, scifact_dir, tmp_path / "c", max_steps=2, eval_beir=str(sample),
+                eval_cache_dir=str(cache), eval_max_seq_length=48))
+    assert len(list(cache.glob("*.npy"))) == 2
+
+
+def test_corpus_cache_names_keep_everything_after_a_dot(tmp_path):
+    import numpy as np
+
+    from training.evaluate import _cached_corpus, _store_corpus
+
+    _store_corpus(tmp_path / "python3.11-mean-scifact-test-128", ["d1"], np.ones((1, 2), dtype=np.float32))
+    assert _cached_corpus(tmp_path / "python3.11-mean-scifact-test-256", ["d1"]) is None
+    assert _cached_corpus(tmp_path / "python3.11-mean-scifact-test-128", ["d1"]).shape == (1, 2)
 
 
 @pytest.mark.model

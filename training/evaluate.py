@@ -30,22 +30,27 @@ def exact_search(queries: np.ndarray, docs: np.ndarray, doc_ids: list[str], quer
     return run
 
 
+def _suffixed(cache: Path, suffix: str) -> Path:
+    """``cache`` + ``suffix``; not ``with_suffix``, which would cut a name with dots in it (python3.11, -256)."""
+    return cache.parent / (cache.name + suffix)
+
+
 def _cached_corpus(cache: Path | None, ids: list[str]) -> np.ndarray | None:
-    if cache is None or not cache.with_suffix(".npy").exists():
+    if cache is None or not _suffixed(cache, ".npy").exists() or not _suffixed(cache, ".json").exists():
         return None
-    meta = json.loads(cache.with_suffix(".json").read_text(encoding="utf-8"))
+    meta = json.loads(_suffixed(cache, ".json").read_text(encoding="utf-8"))
     if meta.get("ids") != ids:
         logger.warning("%s: cached embeddings are for other documents; re-encoding", cache)
         return None
-    return np.load(cache.with_suffix(".npy"), allow_pickle=False)
+    return np.load(_suffixed(cache, ".npy"), allow_pickle=False)
 
 
 def _store_corpus(cache: Path, ids: list[str], vectors: np.ndarray) -> None:
     cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(".tmp.npy")
+    tmp = _suffixed(cache, ".tmp.npy")
     np.save(tmp, vectors, allow_pickle=False)
-    tmp.replace(cache.with_suffix(".npy"))
-    atomic_write_text(cache.with_suffix(".json"), json.dumps({"ids": ids}))
+    tmp.replace(_suffixed(cache, ".npy"))
+    atomic_write_text(_suffixed(cache, ".json"), json.dumps({"ids": ids}))
 
 
 def evaluate_on_beir(model: SentenceTransformer, beir_dir: str | Path, split: str = "test",
