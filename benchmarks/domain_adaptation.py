@@ -1,14 +1,17 @@
-"""Domain adaptation on SciFact from its unlabeled corpus: TSDAE, SimCSE, CT, before and after.
+"""Domain adaptation on SciFact from its unlabeled corpus: TSDAE, SimCSE, CT, corpus pairs, before and after.
 
 For each objective: nDCG@10 on the test split before and after training all-MiniLM-L6-v2 on SciFact's
-corpus sentences (no queries, no qrels used in training), training time, and steps/s of our loop
+corpus (sentences, or title/sentence -> text pairs; no queries, no qrels used in training), training
+time, and steps/s of our loop
 against a plain ``SentenceTransformerTrainer`` fit loop with the same loss, data and batch. Also: TSDAE
 from a randomly initialised BERT of MiniLM's shape against that model's mean-pooled embeddings (no plain
 MLM BERT checkpoint can be had offline here).
 
     python benchmarks/domain_adaptation.py [--data ../shared/data] [--seed 42]
+    python benchmarks/domain_adaptation.py --runs pairs-title-body pairs-ict tsdae-then-pairs \
+        --eval-length 256 --name domain_adaptation_pairs
 
-Writes benchmarks/out/domain_adaptation.json after every stage, so a partial run still reports.
+Writes benchmarks/out/<name>.json after every stage, so a partial run still reports.
 """
 from __future__ import annotations
 
@@ -39,6 +42,13 @@ RUNS = {
     "ct": ("ct", {"max_steps": 20}),
     "simcse": ("simcse", {"max_steps": 20, "batch_size": 32}),
     "tsdae-gentle": ("tsdae", {"max_steps": 40, "lr": 1e-5}),
+    # the base's own objective (in-batch negatives) on corpus pairs, one epoch of SciFact's 5,183 documents
+    "pairs-title-body": ("pairs", {"pair_source": "title-body"}),
+    "pairs-ict": ("pairs", {"pair_source": "ict"}),
+}
+# Two-stage schedules: the second run starts from the first one's model (only the last is evaluated).
+CHAINS = {
+    "tsdae-then-pairs": [("tsdae", {"max_steps": 80}), ("pairs", {"pair_source": "title-body"})],
 }
 
 
@@ -48,12 +58,12 @@ def save(result: dict, path: Path) -> None:
 
 
 def adapt(label: str, objective: str, overrides: dict, args: argparse.Namespace, base: str,
-          eval_len: int) -> dict:
+          eval_len: int, evaluate: bool = True) -> dict:
     """One ``training.run`` with before/after evaluation; returns its metrics (losses summarised)."""
     out = args.work / label
     shutil.rmtree(out, ignore_errors=True)
     config = TrainConfig(objective=objective, corpus=str(args.scifact), base=base, out=str(out), seed=args.seed,
-                         eval_beir=str(args.scifact), eval_max_seq_length=eval_len,
+                         eval_beir=str(args.scifact) if evaluate else None, eval_max_seq_length=eval_len,
                          eval_cache_dir=str(args.work / "cache"), threads=args.threads,
                          checkpoint_every=10_000, show_progress=False, **overrides)
     started = time.perf_counter()
@@ -64,10 +74,42 @@ def adapt(label: str, objective: str, overrides: dict, args: argparse.Namespace,
     metrics["loss_first_10pct"] = sum(losses[:k]) / k
     metrics["loss_last_10pct"] = sum(losses[-k:]) / k
     metrics["wall_seconds"] = time.perf_counter() - started
-    metrics["config"] = {k: v for k, v in config.to_dict().items() if k in ("lr", "batch_size", "max_steps", "ct_variant", "noise_ratio")}
+    metrics["config"] = {k: v for k, v in config.to_dict().items()
+                         if k in ("lr", "batch_size", "max_steps", "ct_variant", "noise_ratio", "pair_source")}
     metrics["config"].update(lr=config.effective_lr, batch_size=config.effective_batch_size)
+    if evaluate:
+        logger.info("%s: nDCG@10 %.4f -> %.4f", label, metrics["before"]["nDCG@10"], metrics["after"]["nDCG@10"])
+    return metrics
+
+
+def adapt_chain(label: str, stages: list[tuple[str, dict]], args: argparse.Namespace, base: str,
+                eval_len: int) -> dict:
+    """Train the stages one after another, each from the previous model; evaluate the first base and the end."""
+    metrics: dict = {"stages": []}
+    for i, (objective, overrides) in enumerate(stages):
+        last = i == len(stages) - 1
+        stage = adapt(f"{label}-{i + 1}-{objective}", objective, overrides, args, base, eval_len, evaluate=last)
+        metrics["stages"].append({k: v for k, v in stage.items() if k not in ("before", "after")})
+        base = str(args.work / f"{label}-{i + 1}-{objective}" / "model")
+        if last:
+            metrics["after"] = stage["after"]
+    metrics["before"] = adapt_before(args, eval_len)
+    metrics["train_seconds"] = sum(s["train_seconds"] for s in metrics["stages"])
     logger.info("%s: nDCG@10 %.4f -> %.4f", label, metrics["before"]["nDCG@10"], metrics["after"]["nDCG@10"])
     return metrics
+
+
+def adapt_before(args: argparse.Namespace, eval_len: int) -> dict:
+    """The bundled MiniLM's own scores (its corpus vectors come from the shared cache when present)."""
+    from training.evaluate import evaluate_on_beir
+    from training.run import base_vectors_cache, load_base
+
+    config = TrainConfig(objective="pairs", corpus=str(args.scifact), base=resolve_model("minilm").path,
+                         eval_beir=str(args.scifact), eval_max_seq_length=eval_len,
+                         eval_cache_dir=str(args.work / "cache"))
+    model = load_base(config.base, "auto", "pairs", "cpu")
+    return evaluate_on_beir(model, args.scifact, "test", eval_len, cache=base_vectors_cache(config, model),
+                            show_progress=False)
 
 
 def st_trainer_steps_per_second(objective: str, base: str, sentences: list[str], batch_size: int, lr: float,
@@ -159,11 +201,12 @@ def main() -> int:
     p.add_argument("--random-eval-length", type=int, default=64)
     p.add_argument("--eval-length", type=int, default=128, help="max_seq_length for evaluation (MiniLM's own is 256)")
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "domain_adaptation")
+    p.add_argument("--name", default="domain_adaptation", help="writes benchmarks/out/<name>.json")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.scifact = Path(args.data) / "beir" / "scifact"
     args.work.mkdir(parents=True, exist_ok=True)
-    result_path = REPO / "benchmarks" / "out" / "domain_adaptation.json"
+    result_path = REPO / "benchmarks" / "out" / f"{args.name}.json"
     result: dict = {"command": "python " + " ".join(sys.argv), "seed": args.seed, "threads": args.threads,
                     "date": time.strftime("%Y-%m-%d"), "runs": {}}
     minilm = resolve_model("minilm").path
@@ -171,6 +214,8 @@ def main() -> int:
         if name in RUNS:
             objective, overrides = RUNS[name]
             result["runs"][name] = adapt(name, objective, overrides, args, minilm, args.eval_length)
+        elif name in CHAINS:
+            result["runs"][name] = adapt_chain(name, CHAINS[name], args, minilm, args.eval_length)
         elif name == "random-tsdae":
             base = random_bert(args.work / "random-bert", minilm, args.seed)
             result["runs"]["random-bert-mean"] = {"before": evaluate_random_mean(base, args)}

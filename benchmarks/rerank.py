@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from retrieval.data import load_beir  # noqa: E402
 from retrieval.evaluation import evaluate  # noqa: E402
-from retrieval.rerank import describe, load_reranker, parse_option  # noqa: E402
+from retrieval.rerank import describe, interpolate_first_stage, load_reranker, parse_option  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
 
 METRICS = ("nDCG@10", "Recall@10", "MRR@10")
@@ -39,6 +39,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-budget", type=float, default=None, help="stop reranking after this many seconds")
     parser.add_argument("--seed", type=int, default=0, help="order in which queries are reranked")
     parser.add_argument("--name", default=None, help="output name (default: from the reranker kind and depth)")
+    parser.add_argument("--interpolate", type=float, action="append", default=[],
+                        help="also score W*minmax(reranker)+(1-W)*minmax(BM25) from the same pass (repeatable)")
     return parser.parse_args(argv)
 
 
@@ -59,7 +61,10 @@ def main(argv: list[str] | None = None) -> dict:
     reranker = load_reranker(args.reranker, **options)
     load_seconds = time.perf_counter() - start
 
+    if args.interpolate and "interpolate" in options:
+        raise SystemExit("--interpolate sweeps need the reranker's raw scores: drop --option interpolate=...")
     reranked, seconds = {}, 0.0
+    fused: dict[float, dict] = {w: {} for w in args.interpolate}
     for qid, hits in zip(qids, first):
         if args.time_budget is not None and seconds >= args.time_budget:
             break
@@ -68,6 +73,9 @@ def main(argv: list[str] | None = None) -> dict:
         seconds += time.perf_counter() - tic
         assert sorted(h.id for h in out) == sorted(h.id for h in hits), "reranker lost or duplicated hits"
         reranked[qid] = {h.id: h.score for h in out}
+        head = [h for h in out if h.extra.get("reranked")]
+        for w in args.interpolate:
+            fused[w][qid] = dict(zip((h.id for h in head), interpolate_first_stage([h.score for h in head], head, w)))
     done = list(reranked)
     bm25_run = {q: {h.id: h.score for h in hits} for q, hits in zip(qids, first) if q in reranked}
     qrels = {q: dataset.qrels[q] for q in done}
@@ -80,6 +88,8 @@ def main(argv: list[str] | None = None) -> dict:
         "queries_per_s": round(len(done) / seconds, 4) if seconds else None,
         "bm25": {m: round(before[m], 4) for m in (*METRICS, f"Recall@{args.depth}")},
         "reranked": {m: round(after[m], 4) for m in (*METRICS, f"Recall@{args.depth}")},
+        "interpolated": {str(w): {m: round(v, 4) for m, v in evaluate(qrels, fused[w], k_values=(10,)).items()
+                                  if m in METRICS} for w in args.interpolate},
         "command": "python benchmarks/rerank.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -90,6 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{args.reranker} on BM25 top-{args.depth}, {len(done)}/{len(dataset.queries)} queries: "
           f"nDCG@10 {result['bm25']['nDCG@10']:.4f} -> {result['reranked']['nDCG@10']:.4f}, "
           f"{result['queries_per_s']} queries/s  ({out})")
+    for w, metrics in result["interpolated"].items():
+        print(f"  interpolate={w}: nDCG@10 {metrics['nDCG@10']:.4f}")
     return result
 
 

@@ -11,7 +11,8 @@ Spec strings (``KIND[:MODEL]``; only the first ``:`` splits, so URLs and paths p
 ``MODEL`` for the LLM kinds defaults to ``smollm2`` (bundled SmolLM2-135M-Instruct GGUF); it may be a
 local folder, a ``.gguf`` file, a hub name, or ``http://HOST:PORT/v1#MODEL_NAME`` for any
 OpenAI-compatible server. ``load_reranker`` options: ``depth`` (rerank only the top N given hits) and
-``show_progress`` for every kind; ``batch_size``, ``device``, ``max_length`` for local models;
+``show_progress`` for every kind; ``interpolate`` (weight W of the reranker in
+``W * minmax(reranker) + (1 - W) * minmax(first stage)``) for ``cross-encoder``; ``batch_size``, ``device``, ``max_length`` for local models;
 ``max_passage_words`` for LLMs; ``window``, ``step``, ``max_tokens`` for listwise; ``timeout``,
 ``retries``, ``backoff``, ``api_key``, ``concurrency``, ``top_logprobs`` for HTTP.
 
@@ -75,15 +76,40 @@ def apply_scores(hits: Sequence[Hit], scores: Sequence[float]) -> list[Hit]:
     return out
 
 
+def interpolate_first_stage(scores: Sequence[float], hits: Sequence[Hit], weight: float) -> np.ndarray:
+    """``weight * minmax(scores) + (1 - weight) * minmax(first-stage scores)`` over one query's hits.
+
+    Score interpolation with the first stage (as in Pyserini's and BEIR's rerank studies) keeps what
+    BM25 knows when a reranker was trained on few in-domain labels. Min-max is taken per query; a
+    constant score list normalises to zeros.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"interpolate weight must be in [0, 1], got {weight}")
+    first = np.array([h.extra.get("first_stage_score", h.score) for h in hits], dtype=np.float64)
+
+    def minmax(values: np.ndarray) -> np.ndarray:
+        span = float(values.max() - values.min()) if len(values) else 0.0
+        return (values - values.min()) / span if span > 0 else np.zeros_like(values)
+
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(values) != len(first):
+        raise ValueError(f"got {len(values)} scores for {len(first)} hits")
+    return weight * minmax(values) + (1.0 - weight) * minmax(first)
+
+
 class CrossEncoderReranker:
-    """Scores (query, passage) pairs with a sentence-transformers ``CrossEncoder``; score = raw logit."""
+    """Scores (query, passage) pairs with a sentence-transformers ``CrossEncoder``; score = raw logit
+    (or, with ``interpolate=W``, the logits min-max fused with the first-stage scores)."""
 
     def __init__(self, model: Any, batch_size: int = 32, depth: int | None = None,
-                 show_progress: bool = False) -> None:
+                 show_progress: bool = False, interpolate: float | None = None) -> None:
+        if interpolate is not None and not 0.0 <= interpolate <= 1.0:
+            raise ValueError(f"interpolate weight must be in [0, 1], got {interpolate}")
         self.model = model
         self.batch_size = batch_size
         self.depth = depth
         self.show_progress = show_progress
+        self.interpolate = interpolate
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, device: str | None = None, max_length: int | None = None,
@@ -120,7 +146,10 @@ class CrossEncoderReranker:
     def rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
         """The hits reordered by cross-encoder score (only the top ``depth`` are scored when set)."""
         head = hits if self.depth is None else hits[: self.depth]
-        return apply_scores(hits, self.score(query, head))
+        scores = self.score(query, head)
+        if self.interpolate is not None:
+            scores = interpolate_first_stage(scores, head, self.interpolate)
+        return apply_scores(hits, scores)
 
 
 def _call_with_options(factory: Any, kind: str, model: str | None, options: dict[str, Any]) -> Reranker:
@@ -166,5 +195,5 @@ def describe(reranker: Reranker) -> dict[str, Any]:
     return {"class": type(reranker).__name__, **settings}
 
 
-__all__ = ["RERANKERS", "CrossEncoderReranker", "apply_scores", "describe", "load_reranker", "parse_option",
-           "passage_text"]
+__all__ = ["RERANKERS", "CrossEncoderReranker", "apply_scores", "describe", "interpolate_first_stage",
+           "load_reranker", "parse_option", "passage_text"]

@@ -87,6 +87,36 @@ def test_cross_encoder_depth_reranks_only_the_head(tiny_ce: Path) -> None:
     assert out[2].score < min(out[0].score, out[1].score)
 
 
+def test_interpolation_is_a_weighted_sum_of_min_max_scores() -> None:
+    from retrieval.rerank import interpolate_first_stage
+
+    hits = [Hit("a", 10.0), Hit("b", 6.0), Hit("c", 2.0)]  # first stage -> 1, 0.5, 0
+    fused = interpolate_first_stage([0.0, 4.0, 2.0], hits, 0.25)  # reranker -> 0, 1, 0.5
+    assert fused == pytest.approx([0.75, 0.25 + 0.375, 0.125])
+    assert interpolate_first_stage([5.0, 5.0, 5.0], hits, 1.0) == pytest.approx([0, 0, 0])  # constant -> zeros
+    assert interpolate_first_stage([1.0, 2.0, 3.0], hits, 0.0) == pytest.approx([1, 0.5, 0])
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        interpolate_first_stage([1.0, 2.0, 3.0], hits, 1.5)
+    with pytest.raises(ValueError, match="3 hits"):
+        interpolate_first_stage([1.0], hits, 0.5)
+
+
+def test_cross_encoder_interpolation_option(tiny_ce: Path) -> None:
+    from retrieval.rerank import interpolate_first_stage
+
+    hits = [Hit("a", 3.0, "mice cancer cells"), Hit("b", 2.0, "paris tower iron"), Hit("c", 1.0, "river water")]
+    pure = load_reranker(f"cross-encoder:{tiny_ce}")
+    fused = load_reranker(f"cross-encoder:{tiny_ce}", interpolate=0.5)
+    logits = pure.score("cancer", hits)
+    expected = dict(zip("abc", interpolate_first_stage(logits, hits, 0.5)))
+    out = fused.rerank("cancer", hits)
+    assert {h.id: h.score for h in out} == pytest.approx(expected)
+    assert sorted(h.id for h in out) == ["a", "b", "c"]
+    assert [h.extra["first_stage_score"] for h in sorted(out, key=lambda h: h.id)] == [3.0, 2.0, 1.0]
+    with pytest.raises(ValueError, match="interpolate weight"):
+        load_reranker(f"cross-encoder:{tiny_ce}", interpolate=-0.1)
+
+
 def test_cross_encoder_in_a_retriever(tiny_ce: Path) -> None:
     from retrieval.retriever import Retriever
 

@@ -215,7 +215,7 @@ def _eval(config: TrainConfig, model: SentenceTransformer, cache: str | None) ->
                             config.eval_batch_size, cache=cache, show_progress=config.show_progress)
 
 
-def _before_cache(config: TrainConfig, model: SentenceTransformer) -> str | None:
+def base_vectors_cache(config: TrainConfig, model: SentenceTransformer) -> str | None:
     """Cache key for the base model's corpus vectors: base, pooling, data, split, length."""
     if not config.eval_cache_dir:
         return None
@@ -280,7 +280,7 @@ def run(config: TrainConfig) -> Path:
     metrics_path = out / "metrics.json"
     metrics: dict[str, Any] = json.loads(metrics_path.read_text(encoding="utf-8")) if config.resume and metrics_path.exists() else {}
     if config.eval_beir and "before" not in metrics:
-        metrics["before"] = _eval(config, model, _before_cache(config, model))
+        metrics["before"] = _eval(config, model, base_vectors_cache(config, model))
         atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
     seed_everything(config.seed)  # the same RNG stream for training whether or not we evaluated
     model.max_seq_length = config.max_seq_length
