@@ -126,16 +126,28 @@ def mine_hard_negatives(corpus: list[Document], queries: dict[str, str], qrels: 
         pool = [h.id for h in hits if h.id not in judged]
         for pos in positives:
             chosen = rng.sample(pool, min(num_negatives, len(pool)))
-            spare = [d for d in all_ids if d not in judged and d not in chosen]
-            chosen += rng.sample(spare, min(num_negatives - len(chosen), len(spare)))
             if len(chosen) < num_negatives:
-                raise ValueError(f"the corpus has {len(all_ids)} documents: too few for {num_negatives} negatives")
+                chosen += _random_negatives(all_ids, judged | set(chosen), num_negatives - len(chosen), rng)
             groups.append(TrainingGroup(queries[qid], by_id[pos].full_text,
                                         tuple(by_id[d].full_text for d in chosen)))
     if not groups:
         raise ValueError("no training pairs: no query of the split has a judged positive in the corpus")
     logger.info("mined %d groups of 1 positive + %d negatives for %d queries", len(groups), num_negatives, len(qids))
     return groups
+
+
+def _random_negatives(ids: list[str], exclude: set[str], need: int, rng: random.Random) -> list[str]:
+    """``need`` distinct ids not in ``exclude``: a draw from the rest for small corpora, rejection beyond."""
+    if len(ids) - len(exclude) < need:
+        raise ValueError(f"the corpus has {len(ids)} documents: too few for {need} more negatives")
+    if len(ids) <= 10_000:
+        return rng.sample([d for d in ids if d not in exclude], need)
+    out: list[str] = []
+    while len(out) < need:  # a large corpus: almost every draw is usable
+        candidate = ids[rng.randrange(len(ids))]
+        if candidate not in exclude and candidate not in out:
+            out.append(candidate)
+    return out
 
 
 def load_groups(config: CrossEncoderTrainingConfig) -> list[TrainingGroup]:
