@@ -12,8 +12,8 @@ Spec strings (``KIND[:MODEL]``; only the first ``:`` splits, so URLs and paths p
 local folder, a ``.gguf`` file, a hub name, or ``http://HOST:PORT/v1#MODEL_NAME`` for any
 OpenAI-compatible server. ``load_reranker`` options: ``depth`` (rerank only the top N given hits) and
 ``show_progress`` for every kind; ``interpolate`` (weight W of the reranker in
-``W * minmax(reranker) + (1 - W) * minmax(first stage)``) for ``cross-encoder``; ``batch_size``, ``device``, ``max_length`` for local models;
-``max_passage_words`` for LLMs; ``window``, ``step``, ``max_tokens`` for listwise; ``timeout``,
+``W * minmax(reranker) + (1 - W) * minmax(first stage)``) for ``cross-encoder``; ``batch_size``,
+``device``, ``max_length`` for local models; ``max_passage_words`` for LLMs; ``window``, ``step``, ``max_tokens`` for listwise; ``timeout``,
 ``retries``, ``backoff``, ``api_key``, ``concurrency``, ``top_logprobs`` for HTTP.
 
 Every reranker returns a permutation of its input: same hits, each once, best first, with ``score``
@@ -87,7 +87,7 @@ def interpolate_first_stage(scores: Sequence[float], hits: Sequence[Hit], weight
         raise ValueError(f"interpolate weight must be in [0, 1], got {weight}")
     first = np.array([h.extra.get("first_stage_score", h.score) for h in hits], dtype=np.float64)
 
-    def minmax(values: np.ndarray) -> np.ndarray:
+    def minmax(values: np.ndarray) -> np.ndarray:  # unlike fusion.minmax, a constant list adds nothing (zeros)
         span = float(values.max() - values.min()) if len(values) else 0.0
         return (values - values.min()) / span if span > 0 else np.zeros_like(values)
 

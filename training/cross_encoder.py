@@ -216,7 +216,9 @@ def train_on_groups(model: Any, groups: list[TrainingGroup], config: CrossEncode
     from transformers import get_linear_schedule_with_warmup
 
     batches = plan_batches(groups, config)
-    bce = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(config.num_negatives)))
+    bce = None
+    if config.loss == "bce":
+        bce = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(config.num_negatives)))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * len(batches)), len(batches))
     model.train()
