@@ -2,9 +2,10 @@
 
     python benchmarks/dense_quality.py [--data ../shared/data] [--model minilm]
 
-Corpus embeddings are cached in ``benchmarks/out/scifact_<model>_{fp32,int8}.npy`` (keyed by a hash of
+Corpus embeddings are cached in ``benchmarks/out/scifact_<model>_{fp32,int8,int8-onnx,bf16}.npy`` (keyed by a hash of
 the corpus, model and settings in a JSON side file), so re-runs and ``dense_speed.py`` never re-encode.
-Reports nDCG@10 / Recall@100 for BM25, dense Flat / HNSW / IVF-PQ, dense int8 (Flat), hybrid RRF and
+Reports nDCG@10 / Recall@100 for BM25, dense Flat / HNSW / IVF-PQ, the fast paths (torch int8, ONNX int8,
+bf16; Flat, queries and corpus encoded by the fast path), hybrid RRF and
 hybrid linear (each stage 1000 deep, then fused); recall@10 of HNSW / IVF-PQ against Flat; and one-query ``retrieve`` p50/p99 per method.
 """
 from __future__ import annotations
@@ -91,7 +92,8 @@ def main() -> None:
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--latency-queries", type=int, default=100)
-    ap.add_argument("--no-int8", action="store_true", help="skip the int8 encoding (slow on a busy machine)")
+    ap.add_argument("--fast-paths", default="int8,int8-onnx,bf16",
+                    help="comma-separated fast paths to measure ('' for none): int8, int8-onnx, bf16")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -141,12 +143,15 @@ def main() -> None:
                     result["latency"][name]["p99_ms"])
     (out / "dense_quality.json").write_text(json.dumps(result, indent=2))
 
-    if not args.no_int8:
-        enc8 = load_encoder(args.model, int8=True, batch_size=args.batch_size, show_progress=True)
-        emb8 = cached_corpus_embeddings(enc8, docs, out, f"{args.model}_int8")
-        flat8 = DenseSearcher.from_embeddings(doc_ids, emb8, enc8, index="flat")
-        record("Dense flat int8", flat8.search_vectors(enc8.encode_queries(qtexts), 100))
-        result["latency"]["dense flat int8"] = latency(Retriever(flat8, store), qtexts, args.latency_queries)
+    fast_paths = {"int8": {"int8": True}, "int8-onnx": {"int8": True, "backend": "onnx"}, "bf16": {"bf16": True}}
+    for name in [p for p in args.fast_paths.split(",") if p]:
+        if name not in fast_paths:
+            raise SystemExit(f"--fast-paths: unknown {name!r}; choose from {sorted(fast_paths)}")
+        fast = load_encoder(args.model, batch_size=args.batch_size, show_progress=True, **fast_paths[name])
+        emb_fast = cached_corpus_embeddings(fast, docs, out, f"{args.model}_{name}")
+        flat_fast = DenseSearcher.from_embeddings(doc_ids, emb_fast, fast, index="flat")
+        record(f"Dense flat {name}", flat_fast.search_vectors(fast.encode_queries(qtexts), 100))
+        result["latency"][f"dense flat {name}"] = latency(Retriever(flat_fast, store), qtexts, args.latency_queries)
     (out / "dense_quality.json").write_text(json.dumps(result, indent=2))
     print(json.dumps(result, indent=2))
 

@@ -1,4 +1,4 @@
-"""Encoding speed: BiEncoder (fp32, torch int8, ONNX int8) against plain ``SentenceTransformer.encode``, same batch.
+"""Encoding speed: BiEncoder (fp32, torch int8, ONNX int8, bf16) against plain ``SentenceTransformer.encode``, same batch.
 
     python benchmarks/dense_speed.py [--data ../shared/data] [--docs 320] [--chunk 64]
 
@@ -25,10 +25,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # FAISS's OpenMP threads spin while waiting; on a shared 2-core machine that makes k-means ~5x slower.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from retrieval.cpu import has_fast_bf16, has_fast_int8  # noqa: E402
 from retrieval.data import iter_documents  # noqa: E402
 from retrieval.encoders import load_encoder  # noqa: E402
 from retrieval.errors import MissingDependency  # noqa: E402
 from retrieval.models import resolve_model  # noqa: E402
+from retrieval.quantize import default_engine  # noqa: E402
 
 logger = logging.getLogger("dense_speed")
 
@@ -42,6 +44,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out"))
     ap.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime int8 peer")
+    ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast peer")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import torch
@@ -63,6 +66,9 @@ def main() -> None:
         "retrievekit fp32": ours.encode_documents,
         "retrievekit int8": int8.encode_documents,
     }
+    if not args.no_bf16:
+        peers["retrievekit bf16"] = load_encoder(args.model, bf16=True, batch_size=args.batch_size,
+                                                 show_progress=False, device="cpu").encode_documents
     if not args.no_onnx:
         t = time.perf_counter()
         try:
@@ -89,6 +95,8 @@ def main() -> None:
     ref = np.vstack(outputs["sentence-transformers encode"])
     result = {"n_docs": len(docs), "batch_size": args.batch_size, "max_seq_length": ours.max_seq_length,
               "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+              "cpu_fast_int8": has_fast_int8(), "cpu_fast_bf16": has_fast_bf16(),
+              "int8_packing": default_engine(),
               "load_avg_1min_end": os.getloadavg()[0], "peers": {}}
     for name in names:
         emb = np.vstack(outputs[name])

@@ -29,8 +29,9 @@ def _build_options(args: argparse.Namespace) -> dict[str, Any]:
     names = ["tokenizer", "variant", "k1", "b", "model", "index", "batch_size", "max_seq_length", "nprobe",
              "ef_search", "backend", "fusion", "weight", "rrf_k", "depth"]
     opts = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    if getattr(args, "int8", False):
-        opts["int8"] = True
+    for flag in ("int8", "bf16"):
+        if getattr(args, flag, False):
+            opts[flag] = True
     if args.method == "bm25":
         opts = {k: v for k, v in opts.items() if k in ("tokenizer", "variant", "k1", "b")}
     elif args.method == "dense":
@@ -52,6 +53,8 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--int8", action="store_true", help="int8 CPU fast path for encoding")
     g.add_argument("--int8-backend", dest="backend", choices=["torch", "onnx"],
                    help="int8 engine: torch dynamic quantisation (default) or ONNX Runtime")
+    g.add_argument("--bf16", action="store_true",
+                   help="bfloat16 autocast for encoding (fast on CPUs with AMX/AVX512-BF16, and on GPUs)")
     g.add_argument("--batch-size", dest="batch_size", type=int)
     g.add_argument("--max-seq-length", dest="max_seq_length", type=int)
     g.add_argument("--nprobe", type=int, help="IVF lists probed per query")

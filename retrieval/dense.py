@@ -161,14 +161,15 @@ class DenseSearcher:
     # --- building ------------------------------------------------------------------------------
     @classmethod
     def build(cls, docs: Sequence[Document], show_progress: bool = True, *, model: str = "minilm",
-              index: str = "auto", int8: bool = False, backend: str = "torch", batch_size: int = 32,
+              index: str = "auto", int8: bool = False, backend: str = "torch", bf16: bool = False,
+              batch_size: int = 32,
               max_seq_length: int | None = None,
               query_prefix: str | None = None, doc_prefix: str | None = None, device: str | None = None,
               nprobe: int | None = None, ef_search: int | None = None, ef_construction: int | None = None,
               encoder: BiEncoder | None = None) -> "DenseSearcher":
         """Embed ``docs`` with ``model`` (or a ready ``encoder``) and index them with ``index``."""
         if encoder is None:
-            encoder = load_encoder(model, int8=int8, backend=backend, max_seq_length=max_seq_length,
+            encoder = load_encoder(model, int8=int8, backend=backend, bf16=bf16, max_seq_length=max_seq_length,
                                    query_prefix=query_prefix, doc_prefix=doc_prefix, batch_size=batch_size,
                                    device=device, show_progress=show_progress)
         emb = encoder.encode_documents(docs, show_progress=show_progress)
@@ -300,7 +301,8 @@ class DenseSearcher:
 
     @classmethod
     def load(cls, folder: Path, config: dict[str, Any] | None = None, *, model: str | None = None,
-             encoder: BiEncoder | None = None, int8: bool | None = None, batch_size: int = 32,
+             encoder: BiEncoder | None = None, int8: bool | None = None, bf16: bool | None = None,
+             batch_size: int = 32,
              device: str | None = None, show_progress: bool = True, nprobe: int | None = None,
              ef_search: int | None = None) -> "DenseSearcher":
         """Open a saved dense stage; a ``model``/``encoder`` that differs from the one it was built with fails."""
@@ -312,8 +314,10 @@ class DenseSearcher:
                                    f"(dim {saved['dim']}); got model={model!r}. Rebuild, or load with model="
                                    f"{saved['model']!r}.")
         if encoder is None:
-            use_int8 = saved["int8"] if int8 is None else int8
-            encoder = load_encoder(saved["model"], int8=use_int8,
+            # Unset flags keep the saved fast path; asking for the other one switches to it.
+            use_int8 = (saved["int8"] and not bf16) if int8 is None else int8
+            use_bf16 = (saved.get("bf16", False) and not use_int8) if bf16 is None else bf16
+            encoder = load_encoder(saved["model"], int8=use_int8, bf16=use_bf16,
                                    backend=saved.get("backend", "torch") if use_int8 else "torch",
                                    max_seq_length=saved["max_seq_length"], query_prefix=saved["query_prefix"],
                                    doc_prefix=saved["doc_prefix"], batch_size=batch_size, device=device,

@@ -63,3 +63,29 @@ def test_search_with_a_cross_encoder_reranker(tmp_path: Path, capsys: pytest.Cap
     assert "nonsense" in capsys.readouterr().err
     assert main(["search", str(tmp_path / "idx"), "q", "--rerank", "cross-encoder:no/such-model"]) == 2
     assert "Traceback" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("method, extra", [("dense", ["--index", "hnsw", "--bf16"]),
+                                           ("hybrid", ["--index", "flat", "--fusion", "linear", "--int8"])])
+def test_dense_and_hybrid_index_search_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                            method: str, extra: list[str]) -> None:
+    pytest.importorskip("faiss")
+    from test_encoders import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "tiny")
+    idx = tmp_path / "idx"
+    assert main(["index", str(sample_dir()), "--out", str(idx), "--quiet", "--method", method,
+                 "--model", str(model), *extra]) == 0
+    manifest = json.loads((idx / "manifest.json").read_text())
+    assert manifest["method"] == method
+    capsys.readouterr()
+    assert main(["search", str(idx), "why does bread dough rise", "-k", "3", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)
+    assert len(hits) == 3 and len({h["id"] for h in hits}) == 3
+    assert main(["eval", "--beir-dir", str(sample_dir()), "--index-dir", str(idx), "--quiet", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["method"] == method and summary["queries"] == 24 and 0 <= summary["metrics"]["nDCG@10"] <= 1
+    assert main(["eval", "--beir-dir", str(sample_dir()), "--quiet", "--json", "--method", method,
+                 "--model", str(model), *extra]) == 0
+    rebuilt = json.loads(capsys.readouterr().out)
+    assert rebuilt["metrics"]["nDCG@10"] == pytest.approx(summary["metrics"]["nDCG@10"], abs=1e-6)

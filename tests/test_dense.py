@@ -188,3 +188,15 @@ def test_int8_backend_is_recorded_and_reused_on_load(tiny, tmp_path, monkeypatch
     assert loaded.searcher.encoder.config.backend == "onnx"
     assert [h.id for h in loaded.retrieve(TEXTS[0], k=3)] == [h.id for h in r.retrieve(TEXTS[0], k=3)]
     assert Retriever.load(tmp_path / "idx", int8=False).searcher.encoder.config.backend == "torch"
+
+
+def test_bf16_is_recorded_and_reused_on_load(tiny, tmp_path):
+    r = Retriever.from_documents(DOCS, method="dense", model=str(tiny), bf16=True, show_progress=False)
+    r.save(tmp_path / "idx")
+    manifest = json.loads((tmp_path / "idx" / "stage" / "manifest.json").read_text())
+    assert manifest["encoder"]["bf16"] is True and manifest["encoder"]["int8"] is False
+    config = Retriever.load(tmp_path / "idx").searcher.encoder.config
+    assert config.bf16 and not config.int8
+    switched = Retriever.load(tmp_path / "idx", int8=True).searcher.encoder.config
+    assert switched.int8 and not switched.bf16
+    assert not Retriever.load(tmp_path / "idx", bf16=False).searcher.encoder.config.bf16

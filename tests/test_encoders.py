@@ -125,6 +125,79 @@ def test_int8_path_stays_close_and_leaves_original(tiny_model_dir):
         load_encoder(str(tiny_model_dir), int8=True, device="cuda")
 
 
+def test_int8_packing_engine_is_restored_and_bad_engine_fails(tiny_model_dir):
+    from retrieval.quantize import default_engine, quantize_linear_int8
+
+    model = st.SentenceTransformer(str(tiny_model_dir), device="cpu")
+    before = torch.backends.quantized.engine
+    assert default_engine() in torch.backends.quantized.supported_engines
+    for engine in {default_engine(), before}:
+        quantized = quantize_linear_int8(model, engine=engine)
+        assert torch.backends.quantized.engine == before
+        cos = (model.encode(["the cat sat"], normalize_embeddings=True)
+               * quantized.encode(["the cat sat"], normalize_embeddings=True)).sum()
+        assert cos > 0.95
+    with pytest.raises(ValueError, match="not in this torch build"):
+        quantize_linear_int8(model, engine="no-such-engine")
+    assert torch.backends.quantized.engine == before
+
+
+def test_bf16_path_autocasts_and_stays_close(tiny_model_dir, monkeypatch):
+    model = st.SentenceTransformer(str(tiny_model_dir), device="cpu")
+    fp32 = BiEncoder.from_model(model, show_progress=False)
+    bf16 = BiEncoder.from_model(model, bf16=True, show_progress=False)
+    seen = []
+    original = torch.nn.Linear.forward
+
+    def spy(self, x):
+        out = original(self, x)
+        seen.append(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.Linear, "forward", spy)
+    texts = ["the cat sat on the mat", "protein gene cancer risk"]
+    emb = bf16.encode_documents(texts)
+    assert set(seen) == {torch.bfloat16}          # the matrix products really ran in bf16
+    assert emb.dtype == np.float32 and bf16.model is model and bf16.describe()["bf16"] is True
+    seen.clear()
+    cos = (fp32.encode_documents(texts) * emb).sum(1)
+    assert set(seen) == {torch.float32} and np.all(cos > 0.99) and np.all(cos < 1 + 1e-5)
+    with pytest.raises(ValueError, match="pick one"):
+        load_encoder(str(tiny_model_dir), int8=True, bf16=True)
+    with pytest.raises(ValueError, match="pick one"):
+        BiEncoder.from_model(model, int8=True, bf16=True)
+
+
+def test_bf16_warns_on_a_cpu_without_bf16_instructions(tiny_model_dir, monkeypatch, caplog):
+    import retrieval.encoders as encoders
+
+    monkeypatch.setattr(encoders, "has_fast_bf16", lambda: False)
+    with caplog.at_level("WARNING", logger="retrieval.encoders"):
+        load_encoder(str(tiny_model_dir), bf16=True, show_progress=False)
+    assert "slower than fp32" in caplog.text
+
+
+def test_cpu_flags_parse_proc_cpuinfo(monkeypatch, tmp_path):
+    import retrieval.cpu as cpu
+
+    fake = tmp_path / "cpuinfo"
+    fake.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_vnni amx_bf16\n\nprocessor\t: 1\nflags\t: fpu\n")
+    real_path = cpu.Path
+    monkeypatch.setattr(cpu, "Path", lambda p: fake if p == "/proc/cpuinfo" else real_path(p))
+    cpu.cpu_flags.cache_clear()
+    try:
+        assert cpu.cpu_flags() == {"fpu", "avx2", "avx512_vnni", "amx_bf16"}
+        assert cpu.has_fast_int8() and cpu.has_fast_bf16()
+        fake.write_text("processor\t: 0\nflags\t: fpu avx2\n")
+        cpu.cpu_flags.cache_clear()
+        assert not cpu.has_fast_int8() and not cpu.has_fast_bf16()
+        fake.unlink()
+        cpu.cpu_flags.cache_clear()
+        assert cpu.cpu_flags() == frozenset()
+    finally:
+        cpu.cpu_flags.cache_clear()
+
+
 def test_bad_inputs_fail_clearly(tiny_model_dir):
     enc = load_encoder(str(tiny_model_dir), show_progress=False)
     with pytest.raises(TypeError):
@@ -145,6 +218,8 @@ def test_bundled_minilm_loads_offline(monkeypatch):
     assert sim[0, 0] > sim[0, 1] and sim[1, 1] > sim[1, 0]
     int8 = load_encoder("minilm", int8=True, show_progress=False)
     assert float((int8.encode_queries(["A cat sits on a mat."]) * q[:1]).sum()) > 0.95
+    bf16 = load_encoder("minilm", bf16=True, show_progress=False)
+    assert float((bf16.encode_queries(["A cat sits on a mat."]) * q[:1]).sum()) > 0.999
 
 
 def test_onnx_int8_backend_matches_torch_and_reuses_its_cache(tiny_model_dir, tmp_path, caplog):
