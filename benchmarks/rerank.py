@@ -4,7 +4,9 @@
     python benchmarks/rerank.py --reranker llm-yesno:smollm2 --depth 20 --time-budget 600
 
 With ``--time-budget`` (or ``--max-queries``) only a seeded random subset of queries is reranked; BM25 is
-then scored on the same subset so the comparison stays fair. Writes ``benchmarks/out/<name>.json``.
+then scored on the same subset so the comparison stays fair. Each reranked run (and each interpolation) gets a
+paired randomisation test of its per-query nDCG@10 against BM25's. Writes ``benchmarks/out/<name>.json`` and the
+runs (TREC format) to ``benchmarks/out/<name>-runs/``.
 """
 from __future__ import annotations
 
@@ -20,9 +22,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from retrieval.data import load_beir  # noqa: E402
-from retrieval.evaluation import evaluate  # noqa: E402
+from retrieval.evaluation import evaluate, write_trec_run  # noqa: E402
 from retrieval.rerank import describe, interpolate_first_stage, load_reranker, parse_option  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
+from retrieval.significance import compare_runs  # noqa: E402
 
 METRICS = ("nDCG@10", "Recall@10", "MRR@10")
 
@@ -39,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--time-budget", type=float, default=None, help="stop reranking after this many seconds")
     parser.add_argument("--seed", type=int, default=0, help="order in which queries are reranked")
     parser.add_argument("--name", default=None, help="output name (default: from the reranker kind and depth)")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "out"), help="output folder")
     parser.add_argument("--interpolate", type=float, action="append", default=[],
                         help="also score W*minmax(reranker)+(1-W)*minmax(BM25) from the same pass (repeatable)")
     return parser.parse_args(argv)
@@ -81,6 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
     qrels = {q: dataset.qrels[q] for q in done}
     before = evaluate(qrels, bm25_run, k_values=(10, args.depth))
     after = evaluate(qrels, reranked, k_values=(10, args.depth))
+    runs = {"bm25": bm25_run, "reranked": reranked, **{f"interpolate-{w}": fused[w] for w in args.interpolate}}
+    significance = {name: compare_runs(qrels, run, bm25_run).to_dict()
+                    for name, run in runs.items() if name != "bm25" and len(done) >= 2}
     result = {
         "dataset": args.dataset, "split": args.split, "reranker": args.reranker, "options": options,
         "settings": describe(reranker), "depth": args.depth, "queries": len(done), "of_queries": len(dataset.queries),
@@ -90,18 +97,24 @@ def main(argv: list[str] | None = None) -> dict:
         "reranked": {m: round(after[m], 4) for m in (*METRICS, f"Recall@{args.depth}")},
         "interpolated": {str(w): {m: round(v, 4) for m, v in evaluate(qrels, fused[w], k_values=(10,)).items()
                                   if m in METRICS} for w in args.interpolate},
+        "vs_bm25_nDCG@10": significance,
         "command": "python benchmarks/rerank.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d"),
     }
     name = args.name or f"rerank-{args.reranker.split(':')[0]}-top{args.depth}"
-    out = REPO / "benchmarks" / "out" / f"{name}.json"
+    out = Path(args.out) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2), encoding="utf-8")
+    (out.parent / f"{name}-runs").mkdir(exist_ok=True)
+    for run_name, run in runs.items():
+        write_trec_run(run, out.parent / f"{name}-runs" / f"{run_name}.trec", tag=run_name)
     print(f"{args.reranker} on BM25 top-{args.depth}, {len(done)}/{len(dataset.queries)} queries: "
           f"nDCG@10 {result['bm25']['nDCG@10']:.4f} -> {result['reranked']['nDCG@10']:.4f}, "
           f"{result['queries_per_s']} queries/s  ({out})")
     for w, metrics in result["interpolated"].items():
         print(f"  interpolate={w}: nDCG@10 {metrics['nDCG@10']:.4f}")
+    for run_name, test in significance.items():
+        print(f"  {run_name} vs BM25: mean diff {test['mean_diff']:+.4f}, randomisation p = {test['p_value']:.4f}")
     return result
 
 

@@ -172,6 +172,18 @@ def test_before_after_evaluation_on_a_beir_folder(tiny_bert, scifact_dir, tmp_pa
     assert 0.0 <= a["before"]["nDCG@10"] <= 1.0 and 0.0 <= a["after"]["nDCG@10"] <= 1.0
     assert a["before"]["nDCG@10"] == b["before"]["nDCG@10"]  # the second run read the cached base vectors
     assert len(list(cache.glob("*.npy"))) == 1
+    # the paired test compares the saved runs query by query, and agrees with the headline means
+    from retrieval.data import load_beir
+    from retrieval.evaluation import evaluate, read_trec_run
+
+    test = a["after_vs_before"]
+    qrels = load_beir(sample, "test").qrels
+    for when in ("before", "after"):
+        saved = evaluate(qrels, read_trec_run(tmp_path / "a" / "eval" / f"{when}.trec"))
+        assert saved["nDCG@10"] == pytest.approx(a[when]["nDCG@10"], abs=1e-9)
+    assert test["metric"] == "nDCG@10" and test["test"] == "randomization" and test["n"] == len(qrels)
+    assert test["mean_diff"] == pytest.approx(a["after"]["nDCG@10"] - a["before"]["nDCG@10"], abs=1e-9)
+    assert 0.0 <= test["p_value"] <= 1.0
     # another eval length is another cache entry, even though the base's path (tmp) may hold dots
     run(_config(tiny_bert, scifact_dir, tmp_path / "c", max_steps=2, eval_beir=str(sample),
                 eval_cache_dir=str(cache), eval_max_seq_length=48))

@@ -5,13 +5,14 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
 from retrieval.data import load_beir
 from retrieval.encoders import BiEncoder
-from retrieval.evaluation import evaluate
+from retrieval.evaluation import evaluate, write_trec_run
 from retrieval.persistence import atomic_write_text
 from retrieval.types import Document, Run
 
@@ -55,13 +56,15 @@ def _store_corpus(cache: Path, ids: list[str], vectors: np.ndarray) -> None:
 
 def evaluate_on_beir(model: SentenceTransformer, beir_dir: str | Path, split: str = "test",
                      max_seq_length: int = 256, batch_size: int = 32, k: int = 100,
-                     cache: str | Path | None = None, show_progress: bool = True) -> dict[str, float]:
+                     cache: str | Path | None = None, show_progress: bool = True,
+                     run_path: str | Path | None = None) -> dict[str, float]:
     """nDCG@10, Recall@100, ... of ``model`` on ``beir_dir``'s ``split`` (title + text, exact search).
 
     Encoding goes through :class:`retrieval.encoders.BiEncoder`, so prefixes and normalisation are the
     ones ``Retriever(method="dense")`` will use with the saved model.
 
     ``cache`` (a path without suffix) stores the corpus vectors; use it only for a model that does not change.
+    ``run_path`` keeps the run (TREC format, written atomically) for per-query comparisons.
     """
     data = load_beir(beir_dir, split)
     docs: list[Document] = list(data.corpus())
@@ -85,7 +88,25 @@ def evaluate_on_beir(model: SentenceTransformer, beir_dir: str | Path, split: st
     finally:
         model.max_seq_length = old_length
         model.train(was_training)
-    metrics = evaluate(data.qrels, exact_search(query_vectors, doc_vectors, ids, query_ids, k))
+    run = exact_search(query_vectors, doc_vectors, ids, query_ids, k)
+    if run_path is not None:
+        run_path = Path(run_path)
+        run_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = run_path.parent / (run_path.name + ".tmp")
+        write_trec_run(run, tmp)
+        tmp.replace(run_path)
+    metrics = evaluate(data.qrels, run)
     metrics["eval_seconds"] = seconds
     logger.info("%s/%s: nDCG@10 %.4f (%.0f s)", Path(beir_dir).name, split, metrics["nDCG@10"], seconds)
     return metrics
+
+
+def compare_with_before(beir_dir: str | Path, split: str, before_run: str | Path, after_run: str | Path,
+                        metric: str = "nDCG@10") -> dict[str, Any]:
+    """Paired randomisation test of the after-training run against the before run, per query on ``metric``."""
+    from retrieval.evaluation import read_trec_run
+    from retrieval.significance import compare_runs
+
+    qrels = load_beir(beir_dir, split).qrels
+    result = compare_runs(qrels, read_trec_run(after_run), read_trec_run(before_run), metric=metric)
+    return {"metric": metric, **result.to_dict()}

@@ -11,7 +11,9 @@ Run folder layout::
     OUT/config.json          the TrainConfig
     OUT/checkpoints/step-N/  model+loss state, optimizer, scheduler, RNG, trainer.json
     OUT/model/               the result, a sentence-transformers folder (``Retriever(model=OUT/model)``)
-    OUT/metrics.json         sentences, steps, time, steps/s, losses, before/after BEIR metrics
+    OUT/metrics.json         sentences, steps, time, steps/s, losses, before/after BEIR metrics and a paired
+                             randomisation test of after against before (nDCG@10 per query)
+    OUT/eval/{before,after}.trec   the evaluation runs (with ``eval_beir``)
 """
 from __future__ import annotations
 
@@ -206,13 +208,15 @@ def prepare_out(config: TrainConfig) -> Path:
     return out
 
 
-def _eval(config: TrainConfig, model: SentenceTransformer, cache: str | None) -> dict[str, float] | None:
+def _eval(config: TrainConfig, model: SentenceTransformer, cache: str | None,
+          run_path: Path | None = None) -> dict[str, float] | None:
     if not config.eval_beir:
         return None
     from .evaluate import evaluate_on_beir
 
     return evaluate_on_beir(model, config.eval_beir, config.eval_split, config.eval_max_seq_length,
-                            config.eval_batch_size, cache=cache, show_progress=config.show_progress)
+                            config.eval_batch_size, cache=cache, show_progress=config.show_progress,
+                            run_path=run_path)
 
 
 def base_vectors_cache(config: TrainConfig, model: SentenceTransformer) -> str | None:
@@ -279,8 +283,9 @@ def run(config: TrainConfig) -> Path:
     saved_length = model.max_seq_length  # the base's own limit goes into the result; training uses ours
     metrics_path = out / "metrics.json"
     metrics: dict[str, Any] = json.loads(metrics_path.read_text(encoding="utf-8")) if config.resume and metrics_path.exists() else {}
-    if config.eval_beir and "before" not in metrics:
-        metrics["before"] = _eval(config, model, base_vectors_cache(config, model))
+    runs = {"before": out / "eval" / "before.trec", "after": out / "eval" / "after.trec"}
+    if config.eval_beir and ("before" not in metrics or not runs["before"].exists()):
+        metrics["before"] = _eval(config, model, base_vectors_cache(config, model), runs["before"])
         atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
     seed_everything(config.seed)  # the same RNG stream for training whether or not we evaluated
     model.max_seq_length = config.max_seq_length
@@ -291,7 +296,13 @@ def run(config: TrainConfig) -> Path:
     with atomic_dir(out / "model") as tmp:
         model.save(str(tmp))
     if config.eval_beir:
-        metrics["after"] = _eval(config, model, None)
+        from .evaluate import compare_with_before
+
+        metrics["after"] = _eval(config, model, None, runs["after"])
+        metrics["after_vs_before"] = compare_with_before(config.eval_beir, config.eval_split, runs["before"],
+                                                         runs["after"])
+        logger.info("after vs before: nDCG@10 %+.4f, paired randomisation p = %.4f",
+                    metrics["after_vs_before"]["mean_diff"], metrics["after_vs_before"]["p_value"])
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
     logger.info("saved %s", out / "model")
     return out / "model"

@@ -1,0 +1,47 @@
+"""The benchmark scripts' own logic on tiny inputs: outputs, runs and significance fields are written and consistent."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from retrieval.evaluation import read_trec_run
+from retrieval.sample import sample_dir
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rerank_benchmark_writes_runs_and_paired_tests(tmp_path):
+    pytest.importorskip("sentence_transformers")
+    from tiny_rerank_models import write_tiny_bert_cross_encoder
+
+    rerank = load_script("rerank")
+    ce = write_tiny_bert_cross_encoder(tmp_path / "ce")
+    result = rerank.main(["--data", str(sample_dir()), "--reranker", f"cross-encoder:{ce}", "--depth", "5",
+                          "--interpolate", "1.0", "--interpolate", "0.0", "--out", str(tmp_path / "out"),
+                          "--name", "tiny"])
+    saved = json.loads((tmp_path / "out" / "tiny.json").read_text())
+    assert saved["queries"] == 24 and saved["reranked"] == result["reranked"]
+    runs = {p.stem: read_trec_run(p) for p in (tmp_path / "out" / "tiny-runs").glob("*.trec")}
+    assert set(runs) == {"bm25", "reranked", "interpolate-1.0", "interpolate-0.0"}
+    for run in runs.values():   # every run is a permutation of BM25's top 5 for every query
+        assert {q: sorted(d) for q, d in run.items()} == {q: sorted(d) for q, d in runs["bm25"].items()}
+    # weight 1 keeps the reranker's order, weight 0 keeps BM25's: their nDCG@10 must match those runs'.
+    assert saved["interpolated"]["1.0"]["nDCG@10"] == pytest.approx(saved["reranked"]["nDCG@10"], abs=1e-4)
+    assert saved["interpolated"]["0.0"]["nDCG@10"] == pytest.approx(saved["bm25"]["nDCG@10"], abs=1e-4)
+    tests = saved["vs_bm25_nDCG@10"]
+    assert set(tests) == {"reranked", "interpolate-1.0", "interpolate-0.0"}
+    assert tests["interpolate-0.0"]["mean_diff"] == pytest.approx(0.0, abs=1e-4)
+    assert tests["interpolate-0.0"]["p_value"] == pytest.approx(1.0)
+    assert all(0.0 <= t["p_value"] <= 1.0 and t["n"] == 24 for t in tests.values())
