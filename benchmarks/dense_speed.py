@@ -1,4 +1,4 @@
-"""Encoding speed: BiEncoder (fp32, torch int8, ONNX int8, bf16) against plain ``SentenceTransformer.encode``, same batch.
+"""Encoding speed: BiEncoder (fp32, torch int8, ONNX fp32 and int8, bf16) against plain ``SentenceTransformer.encode``, same batch.
 
     python benchmarks/dense_speed.py [--data ../shared/data] [--docs 320] [--chunk 64]
 
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--chunk", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out"))
-    ap.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime int8 peer")
+    ap.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime peers (int8 and fp32)")
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast peer")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -80,6 +80,8 @@ def main() -> None:
             logger.info("onnx int8 encoder ready in %.1f s (export + quantise on first use, then cached)",
                         time.perf_counter() - t)
             peers["retrievekit int8 onnx"] = onnx.encode_documents
+            peers["retrievekit fp32 onnx"] = load_encoder(args.model, backend="onnx", batch_size=args.batch_size,
+                                                          show_progress=False).encode_documents
     for fn in peers.values():   # warm-up: first call allocates
         fn(docs[:8])
     seconds = {name: 0.0 for name in peers}

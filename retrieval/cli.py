@@ -51,8 +51,8 @@ def _add_build_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--model", help="bi-encoder: alias (minilm), local folder or hub name")
     g.add_argument("--index", help="FAISS index: flat, hnsw, ivf, ivfpq, auto or a factory string")
     g.add_argument("--int8", action="store_true", help="int8 CPU fast path for encoding")
-    g.add_argument("--int8-backend", dest="backend", choices=["torch", "onnx"],
-                   help="int8 engine: torch dynamic quantisation (default) or ONNX Runtime")
+    g.add_argument("--backend", "--int8-backend", dest="backend", choices=["torch", "onnx"],
+                   help="encoder runtime: torch (default) or onnx (ONNX Runtime, CPU; fp32, or int8 with --int8)")
     g.add_argument("--bf16", action="store_true",
                    help="bfloat16 autocast for encoding (fast on CPUs with AMX/AVX512-BF16, and on GPUs)")
     g.add_argument("--batch-size", dest="batch_size", type=int)

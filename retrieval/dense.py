@@ -302,7 +302,7 @@ class DenseSearcher:
     @classmethod
     def load(cls, folder: Path, config: dict[str, Any] | None = None, *, model: str | None = None,
              encoder: BiEncoder | None = None, int8: bool | None = None, bf16: bool | None = None,
-             batch_size: int = 32,
+             backend: str | None = None, batch_size: int = 32,
              device: str | None = None, show_progress: bool = True, nprobe: int | None = None,
              ef_search: int | None = None) -> "DenseSearcher":
         """Open a saved dense stage; a ``model``/``encoder`` that differs from the one it was built with fails."""
@@ -317,8 +317,8 @@ class DenseSearcher:
             # Unset flags keep the saved fast path; asking for the other one switches to it.
             use_int8 = (saved["int8"] and not bf16) if int8 is None else int8
             use_bf16 = (saved.get("bf16", False) and not use_int8) if bf16 is None else bf16
-            encoder = load_encoder(saved["model"], int8=use_int8, bf16=use_bf16,
-                                   backend=saved.get("backend", "torch") if use_int8 else "torch",
+            use_backend = backend or ("torch" if use_bf16 else saved.get("backend", "torch"))
+            encoder = load_encoder(saved["model"], int8=use_int8, bf16=use_bf16, backend=use_backend,
                                    max_seq_length=saved["max_seq_length"], query_prefix=saved["query_prefix"],
                                    doc_prefix=saved["doc_prefix"], batch_size=batch_size, device=device,
                                    show_progress=show_progress)

@@ -187,7 +187,9 @@ def test_int8_backend_is_recorded_and_reused_on_load(tiny, tmp_path, monkeypatch
     loaded = Retriever.load(tmp_path / "idx")
     assert loaded.searcher.encoder.config.backend == "onnx"
     assert [h.id for h in loaded.retrieve(TEXTS[0], k=3)] == [h.id for h in r.retrieve(TEXTS[0], k=3)]
-    assert Retriever.load(tmp_path / "idx", int8=False).searcher.encoder.config.backend == "torch"
+    fp32_onnx = Retriever.load(tmp_path / "idx", int8=False).searcher.encoder.config
+    assert fp32_onnx.backend == "onnx" and not fp32_onnx.int8
+    assert Retriever.load(tmp_path / "idx", backend="torch").searcher.encoder.config.backend == "torch"
 
 
 def test_bf16_is_recorded_and_reused_on_load(tiny, tmp_path):

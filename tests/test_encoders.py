@@ -265,9 +265,27 @@ def test_onnx_backend_follows_prefixes_truncation_and_pooling(tmp_path):
     assert onnx.encode_documents([]).shape == (0, 32)
 
 
+def test_onnx_fp32_backend_matches_torch_and_has_its_own_cache_entry(tmp_path):
+    pytest.importorskip("onnxruntime")
+    cache = tmp_path / "cache"
+    path = make_tiny_model(tmp_path / "m", prompts={"query": "query: ", "document": "passage: "})
+    torch_enc = load_encoder(str(path), show_progress=False)
+    onnx = load_encoder(str(path), backend="onnx", cache_dir=str(cache), batch_size=2, show_progress=False)
+    assert onnx.describe()["backend"] == "onnx" and not onnx.describe()["int8"]
+    texts = ["the cat sat on the mat", "protein gene cancer risk", "mouse", "study results show increased risk"]
+    # fp32 through ONNX Runtime: the same vectors as torch, not merely close ones
+    np.testing.assert_allclose(onnx.encode_documents(texts), torch_enc.encode_documents(texts), atol=1e-5)
+    np.testing.assert_allclose(onnx.encode_queries(texts[:1]), torch_enc.encode_queries(texts[:1]), atol=1e-5)
+    assert [p.name for p in cache.glob("*/*.onnx")] == ["model.fp32.onnx"]
+    load_encoder(str(path), int8=True, backend="onnx", cache_dir=str(cache), show_progress=False)
+    assert sorted(p.name for p in cache.glob("*/*.onnx")) == ["model.fp32.onnx", "model.int8.onnx"]
+    with pytest.raises(ValueError, match="CPU only"):
+        load_encoder(str(path), backend="onnx", device="cuda")
+    with pytest.raises(ValueError, match="bf16=True runs in torch"):
+        load_encoder(str(path), backend="onnx", bf16=True, cache_dir=str(cache))
+
+
 def test_onnx_backend_options_and_missing_dependency(tiny_model_dir, monkeypatch):
-    with pytest.raises(ValueError, match="int8=True"):
-        load_encoder(str(tiny_model_dir), backend="onnx")
     with pytest.raises(ValueError, match="backend"):
         load_encoder(str(tiny_model_dir), int8=True, backend="tensorrt")
     import builtins
@@ -295,3 +313,5 @@ def test_bundled_minilm_onnx_int8_stays_close(monkeypatch, tmp_path):
     onnx = load_encoder("minilm", int8=True, backend="onnx", cache_dir=str(tmp_path), show_progress=False)
     assert onnx.describe()["backend"] == "onnx"
     assert np.all((onnx.encode_documents(texts) * fp32).sum(1) > 0.97)
+    onnx32 = load_encoder("minilm", backend="onnx", cache_dir=str(tmp_path), show_progress=False)
+    np.testing.assert_allclose(onnx32.encode_documents(texts), fp32, atol=1e-4)
