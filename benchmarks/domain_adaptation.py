@@ -152,21 +152,35 @@ def st_trainer_steps_per_second(objective: str, base: str, sentences: list[str],
 
 
 def throughput(objective: str, args: argparse.Namespace, base: str, sentences: list[str]) -> dict:
-    """Our loop vs sentence-transformers' Trainer, same objective, batch, data and step count, back to back."""
+    """Our loop vs sentence-transformers' Trainer, same objective, batch, sentences and step count, back to back.
+
+    Both sides train one epoch over the same ``batch * steps`` sentences (written to a JSONL corpus for our
+    run), so they pad the same texts; only the shuffling differs.
+    """
     out = args.work / f"speed-{objective}"
     shutil.rmtree(out, ignore_errors=True)
-    config = TrainConfig(objective=objective, corpus=str(args.scifact), base=base, out=str(out), seed=args.seed,
+    probe = TrainConfig(objective=objective, corpus=str(args.scifact), base=base)
+    texts = sentences[: probe.effective_batch_size * args.speed_steps]
+    corpus = args.work / f"speed-{objective}.jsonl"
+    corpus.write_text("".join(json.dumps({"_id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)),
+                      encoding="utf-8")
+    config = TrainConfig(objective=objective, corpus=str(corpus), base=base, out=str(out), seed=args.seed,
                          max_steps=args.speed_steps, threads=args.threads, checkpoint_every=10_000, show_progress=False)
     run(config)
-    ours = json.loads((out / "metrics.json").read_text(encoding="utf-8"))["steps_per_second"]
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    ours = metrics["steps_per_second"]
+    if metrics["sentences"] != len(texts):
+        logger.warning("%s: our run re-split %d sentences into %d", objective, len(texts), metrics["sentences"])
+    torch.set_num_threads(args.threads)
     try:
-        theirs = st_trainer_steps_per_second(objective, base, sentences, config.effective_batch_size,
+        theirs = st_trainer_steps_per_second(objective, base, texts, config.effective_batch_size,
                                              config.effective_lr, args.speed_steps, args.seed, args.work)
     except Exception as exc:  # report why the peer could not run instead of hiding the row
         logger.warning("sentence-transformers Trainer (%s) failed: %s", objective, exc)
         return {"ours_steps_per_s": ours, "st_trainer_steps_per_s": None, "st_error": repr(exc)[:300]}
     return {"ours_steps_per_s": ours, "st_trainer_steps_per_s": theirs, "ratio": ours / theirs,
-            "batch_size": config.effective_batch_size, "steps": args.speed_steps}
+            "batch_size": config.effective_batch_size, "steps": args.speed_steps, "sentences": len(texts),
+            "threads": args.threads}
 
 
 def random_bert(folder: Path, like: str, seed: int) -> str:
