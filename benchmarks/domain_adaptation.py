@@ -41,10 +41,14 @@ RUNS = {
     "tsdae": ("tsdae", {"max_steps": 80}),
     "ct": ("ct", {"max_steps": 20}),
     "simcse": ("simcse", {"max_steps": 20, "batch_size": 32}),
+    # gentler schedules for an already-trained embedder: lower lr, fewer steps
     "tsdae-gentle": ("tsdae", {"max_steps": 40, "lr": 1e-5}),
+    "simcse-gentle": ("simcse", {"max_steps": 20, "batch_size": 32, "lr": 3e-6}),
+    "ct-gentle": ("ct", {"max_steps": 20, "lr": 5e-6}),
     # the base's own objective (in-batch negatives) on corpus pairs, one epoch of SciFact's 5,183 documents
     "pairs-title-body": ("pairs", {"pair_source": "title-body"}),
     "pairs-ict": ("pairs", {"pair_source": "ict"}),
+    "pairs-title-body-2ep": ("pairs", {"pair_source": "title-body", "epochs": 2}),
 }
 # Two-stage schedules: the second run starts from the first one's model (only the last is evaluated).
 CHAINS = {
