@@ -98,6 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
         "interpolated": {str(w): {m: round(v, 4) for m, v in evaluate(qrels, fused[w], k_values=(10,)).items()
                                   if m in METRICS} for w in args.interpolate},
         "vs_bm25_nDCG@10": significance,
+        # listwise only: how many of the shown ids the model's replies named (the rest kept BM25's order)
+        "reply_stats": reranker.stats.to_dict() if hasattr(reranker, "stats") else None,
         "command": "python benchmarks/rerank.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  interpolate={w}: nDCG@10 {metrics['nDCG@10']:.4f}")
     for run_name, test in significance.items():
         print(f"  {run_name} vs BM25: mean diff {test['mean_diff']:+.4f}, randomisation p = {test['p_value']:.4f}")
+    if result["reply_stats"]:
+        print(f"  replies: {result['reply_stats']}")
     return result
 
 

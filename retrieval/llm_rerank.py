@@ -15,14 +15,15 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
 from .llm import LLMBackend, load_backend
-from .prompts import (RATING_CHOICES, YES_NO_CHOICES, Messages, listwise_messages, parse_permutation,
-                      rating_messages, sliding_windows, truncate_words, yes_no_messages)
+from .prompts import (RATING_CHOICES, YES_NO_CHOICES, Messages, listwise_messages, named_indices,
+                      parse_permutation, rating_messages, sliding_windows, truncate_words, yes_no_messages)
 from .rerank import apply_scores, passage_text
 from .types import Hit
 
@@ -113,6 +114,22 @@ class RatingReranker(_PointwiseReranker):
     from_probabilities = staticmethod(_expected_grade)
 
 
+@dataclass
+class ListwiseStats:
+    """How well the model's replies parsed, summed over every window ranked so far (a small model's weak spot)."""
+
+    windows: int = 0
+    ids_shown: int = 0
+    ids_named: int = 0            # distinct valid ids the replies named; the rest kept their earlier order
+    windows_unparsed: int = 0     # replies that named no valid id: the window kept its order
+    windows_reordered: int = 0    # replies that changed the window's order
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = asdict(self)
+        data["named_fraction"] = self.ids_named / self.ids_shown if self.ids_shown else None
+        return data
+
+
 class ListwiseReranker(_LLMReranker):
     """RankGPT: windows of ``window`` passages, moved up by ``step`` from the bottom; each reply reorders its window.
 
@@ -127,6 +144,7 @@ class ListwiseReranker(_LLMReranker):
         self.window = window
         self.step = step
         self.max_tokens = max_tokens
+        self.stats = ListwiseStats()
 
     def order(self, query: str, hits: Sequence[Hit]) -> list[int]:
         """The new order of ``hits`` as indices into it, best first."""
@@ -139,8 +157,16 @@ class ListwiseReranker(_LLMReranker):
             reply = self.backend.complete(prompt, budget)
             permutation = parse_permutation(reply, len(current))
             logger.debug("window %d-%d reply %r -> %s", start, end, reply[:120], permutation)
+            self._count(len(current), len(named_indices(reply, len(current))), permutation)
             order[start:end] = [current[i] for i in permutation]
         return order
+
+    def _count(self, shown: int, named: int, permutation: list[int]) -> None:
+        self.stats.windows += 1
+        self.stats.ids_shown += shown
+        self.stats.ids_named += named
+        self.stats.windows_unparsed += named == 0
+        self.stats.windows_reordered += permutation != sorted(permutation)
 
     def rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
         head = self._head(hits)

@@ -66,24 +66,29 @@ _BRACKETED = re.compile(r"\[\s*(\d+)\s*\]")
 _BARE = re.compile(r"\d+")
 
 
+def named_indices(text: str, n: int) -> list[int]:
+    """The 0-based ids a reply names, in its order: bracketed ids (bare numbers if none), in ``1..n``, first mention."""
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    order: list[int] = []
+    seen: set[int] = set()
+    for token in _BRACKETED.findall(text) or _BARE.findall(text):
+        index = int(token) - 1
+        if 0 <= index < n and index not in seen:
+            seen.add(index)
+            order.append(index)
+    return order
+
+
 def parse_permutation(text: str, n: int) -> list[int]:
     """Turn a reply like ``"[3] > [1] > [2]"`` into 0-based indices forming a permutation of ``range(n)``.
 
     Bracketed ids are read in order (bare numbers if there are none); ids out of ``1..n`` and repeats are
     dropped; ids the reply never names keep their input order after the named ones. Never raises.
     """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    found = _BRACKETED.findall(text) or _BARE.findall(text)
-    order: list[int] = []
-    seen: set[int] = set()
-    for token in found:
-        index = int(token) - 1
-        if 0 <= index < n and index not in seen:
-            seen.add(index)
-            order.append(index)
-    order.extend(i for i in range(n) if i not in seen)
-    return order
+    order = named_indices(text, n)
+    named = set(order)
+    return order + [i for i in range(n) if i not in named]
 
 
 def sliding_windows(n: int, window: int, step: int) -> list[tuple[int, int]]:

@@ -45,3 +45,17 @@ def test_rerank_benchmark_writes_runs_and_paired_tests(tmp_path):
     assert tests["interpolate-0.0"]["mean_diff"] == pytest.approx(0.0, abs=1e-4)
     assert tests["interpolate-0.0"]["p_value"] == pytest.approx(1.0)
     assert all(0.0 <= t["p_value"] <= 1.0 and t["n"] == 24 for t in tests.values())
+
+
+def test_domain_adaptation_runs_are_valid_train_configs():
+    """Every named run and chain stage builds a TrainConfig, so a typo fails here, not after a 5-minute baseline."""
+    pytest.importorskip("sentence_transformers")
+    from training import TrainConfig
+
+    bench = load_script("domain_adaptation")
+    stages = list(bench.RUNS.values()) + [stage for chain in bench.CHAINS.values() for stage in chain]
+    assert ("simcse", {"max_steps": 20, "batch_size": 32, "lr": 3e-6}) in stages
+    for objective, overrides in stages:
+        config = TrainConfig(objective=objective, corpus="unused", **overrides)
+        assert config.effective_lr > 0 and config.effective_batch_size >= 1
+    assert not set(bench.RUNS) & set(bench.CHAINS)

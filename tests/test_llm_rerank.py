@@ -221,3 +221,27 @@ def test_smollm2_rerankers_end_to_end() -> None:
     assert ((0 <= grades) & (grades <= 5)).all()
     out = ListwiseReranker(backend, window=2, step=1, max_tokens=12).rerank(query, hits)
     assert sorted(h.id for h in out) == ["paris", "plants"]
+
+
+def test_listwise_counts_how_well_replies_parse() -> None:
+    reranker = ListwiseReranker(OracleBackend("I am not sure."), window=5, step=5)
+    reranker.rerank("q", _hits())
+    assert reranker.stats.to_dict() == {"windows": 1, "ids_shown": 5, "ids_named": 0, "windows_unparsed": 1,
+                                        "windows_reordered": 0, "named_fraction": 0.0}
+    reranker.backend = OracleBackend("[9] > [2] > [2] > [0]")      # one valid id: bravo moves up
+    reranker.rerank("q", _hits())
+    reranker.backend = OracleBackend()                              # names all five, reorders
+    reranker.rerank("q", _hits())
+    stats = reranker.stats
+    assert (stats.windows, stats.ids_shown, stats.ids_named) == (3, 15, 6)
+    assert (stats.windows_unparsed, stats.windows_reordered) == (1, 2)
+    assert stats.to_dict()["named_fraction"] == pytest.approx(6 / 15)
+
+
+def test_named_indices_reads_valid_first_mentions_only() -> None:
+    from retrieval.prompts import named_indices, parse_permutation
+
+    assert named_indices("[3] > [1] > [3] > [7] > [0]", 4) == [2, 0]
+    assert named_indices("2, 1", 3) == [1, 0]                  # bare numbers when nothing is bracketed
+    assert named_indices("nothing", 3) == []
+    assert parse_permutation("[3] > [1]", 4) == [2, 0, 1, 3]
