@@ -155,9 +155,10 @@ class ListwiseReranker(_LLMReranker):
             prompt = listwise_messages(query, [self._passage(hits[i]) for i in current])
             budget = self.max_tokens or 6 * len(current) + 10  # "[12] > " is about 5 tokens
             reply = self.backend.complete(prompt, budget)
+            named = named_indices(reply, len(current))
             permutation = parse_permutation(reply, len(current))
             logger.debug("window %d-%d reply %r -> %s", start, end, reply[:120], permutation)
-            self._count(len(current), len(named_indices(reply, len(current))), permutation)
+            self._count(len(current), len(named), permutation)
             order[start:end] = [current[i] for i in permutation]
         return order
 
