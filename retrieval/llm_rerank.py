@@ -22,8 +22,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .llm import LLMBackend, load_backend
-from .prompts import (RATING_CHOICES, YES_NO_CHOICES, Messages, listwise_messages, named_indices,
-                      parse_permutation, rating_messages, sliding_windows, truncate_words, yes_no_messages)
+from .prompts import (RATING_CHOICES, YES_NO_CHOICES, Messages, complete_permutation, listwise_messages,
+                      named_indices, rating_messages, sliding_windows, truncate_words, yes_no_messages)
 from .rerank import apply_scores, passage_text
 from .types import Hit
 
@@ -155,8 +155,8 @@ class ListwiseReranker(_LLMReranker):
             prompt = listwise_messages(query, [self._passage(hits[i]) for i in current])
             budget = self.max_tokens or 6 * len(current) + 10  # "[12] > " is about 5 tokens
             reply = self.backend.complete(prompt, budget)
-            named = named_indices(reply, len(current))
-            permutation = parse_permutation(reply, len(current))
+            named = named_indices(reply, len(current))   # parsed once: the order and the reply stats share it
+            permutation = complete_permutation(named, len(current))
             logger.debug("window %d-%d reply %r -> %s", start, end, reply[:120], permutation)
             self._count(len(current), len(named), permutation)
             order[start:end] = [current[i] for i in permutation]
@@ -167,7 +167,7 @@ class ListwiseReranker(_LLMReranker):
         self.stats.ids_shown += shown
         self.stats.ids_named += named
         self.stats.windows_unparsed += named == 0
-        self.stats.windows_reordered += permutation != sorted(permutation)
+        self.stats.windows_reordered += permutation != list(range(shown))
 
     def rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
         head = self._head(hits)

@@ -86,9 +86,13 @@ def parse_permutation(text: str, n: int) -> list[int]:
     Bracketed ids are read in order (bare numbers if there are none); ids out of ``1..n`` and repeats are
     dropped; ids the reply never names keep their input order after the named ones. Never raises.
     """
-    order = named_indices(text, n)
-    named = set(order)
-    return order + [i for i in range(n) if i not in named]
+    return complete_permutation(named_indices(text, n), n)
+
+
+def complete_permutation(named: list[int], n: int) -> list[int]:
+    """``named`` (distinct ids in ``0..n-1``) first, then every other id of ``range(n)`` in its input order."""
+    seen = set(named)
+    return named + [i for i in range(n) if i not in seen]
 
 
 def sliding_windows(n: int, window: int, step: int) -> list[tuple[int, int]]:
