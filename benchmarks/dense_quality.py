@@ -27,13 +27,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # No OMP_WAIT_POLICY=PASSIVE here: it made FAISS k-means faster on a busy machine, but torch shares the OpenMP
 # runtime and sleeping threads double one-query encoding latency (7.7 -> 15.0 ms p50, measured idle).
 
-from retrieval.bm25 import BM25Searcher  # noqa: E402
+from retrieval.sparse.searcher import BM25Searcher  # noqa: E402
 from retrieval.data import load_beir  # noqa: E402
-from retrieval.dense import DenseSearcher  # noqa: E402
+from retrieval.dense.searcher import DenseSearcher  # noqa: E402
 from retrieval.docstore import DocStore  # noqa: E402
-from retrieval.encoders import BiEncoder, load_encoder  # noqa: E402
-from retrieval.evaluation import evaluate  # noqa: E402
-from retrieval.hybrid import HybridSearcher  # noqa: E402
+from retrieval.dense.encoders import BiEncoder, load_encoder  # noqa: E402
+from retrieval.eval.metrics import evaluate  # noqa: E402
+from retrieval.hybrid.searcher import HybridSearcher  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
 from retrieval.types import Document  # noqa: E402
 

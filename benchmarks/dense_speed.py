@@ -25,12 +25,12 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # No OMP_WAIT_POLICY=PASSIVE here: it made FAISS k-means faster on a busy machine, but torch shares the OpenMP
 # runtime and sleeping threads double one-query encoding latency (7.7 -> 15.0 ms p50, measured idle).
 
-from retrieval.cpu import has_fast_bf16, has_fast_int8  # noqa: E402
+from retrieval.dense.cpu import has_fast_bf16, has_fast_int8  # noqa: E402
 from retrieval.data import iter_documents  # noqa: E402
-from retrieval.encoders import load_encoder  # noqa: E402
+from retrieval.dense.encoders import load_encoder  # noqa: E402
 from retrieval.errors import MissingDependency  # noqa: E402
 from retrieval.models import resolve_model  # noqa: E402
-from retrieval.quantize import default_engine  # noqa: E402
+from retrieval.dense.quantize import default_engine  # noqa: E402
 
 logger = logging.getLogger("dense_speed")
 

@@ -63,7 +63,7 @@ def save(result: dict, path: Path) -> None:
 
 def adapt(label: str, objective: str, overrides: dict, args: argparse.Namespace, base: str,
           eval_len: int, evaluate: bool = True) -> dict:
-    """One ``training.run`` with before/after evaluation; returns its metrics (losses summarised)."""
+    """One ``training.trainer`` with before/after evaluation; returns its metrics (losses summarised)."""
     out = args.work / label
     shutil.rmtree(out, ignore_errors=True)
     config = TrainConfig(objective=objective, corpus=str(args.scifact), base=base, out=str(out), seed=args.seed,
@@ -106,7 +106,7 @@ def adapt_chain(label: str, stages: list[tuple[str, dict]], args: argparse.Names
 def adapt_before(args: argparse.Namespace, eval_len: int) -> dict:
     """The bundled MiniLM's own scores (its corpus vectors come from the shared cache when present)."""
     from training.evaluate import evaluate_on_beir
-    from training.run import base_vectors_cache, load_base
+    from training.trainer import base_vectors_cache, load_base
 
     config = TrainConfig(objective="pairs", corpus=str(args.scifact), base=resolve_model("minilm").path,
                          eval_beir=str(args.scifact), eval_max_seq_length=eval_len,
@@ -218,7 +218,7 @@ def random_bert(folder: Path, like: str, seed: int) -> str:
 def evaluate_random_mean(base: str, args: argparse.Namespace) -> dict:
     """The untrained random BERT with mean pooling: the "plain base" TSDAE must beat."""
     from training.evaluate import evaluate_on_beir
-    from training.run import load_base
+    from training.trainer import load_base
 
     torch.set_num_threads(args.threads)
     model = load_base(base, "mean", "simcse", "cpu")

@@ -22,10 +22,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from retrieval.data import load_beir  # noqa: E402
-from retrieval.evaluation import evaluate, write_trec_run  # noqa: E402
+from retrieval.eval.metrics import evaluate, write_trec_run  # noqa: E402
 from retrieval.rerank import describe, interpolate_first_stage, load_reranker, parse_option  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
-from retrieval.significance import compare_runs  # noqa: E402
+from retrieval.eval.significance import compare_runs  # noqa: E402
 
 METRICS = ("nDCG@10", "Recall@10", "MRR@10")
 

@@ -7,25 +7,27 @@ import importlib
 import logging
 from typing import Any
 
-__version__ = "0.1.0"
 
-from .data import BeirDataset, DataError, iter_documents, load_beir, load_documents, load_qrels, load_queries
-from .errors import IndexFormatError, MissingDependency
-from .evaluation import evaluate, per_query, read_run, write_run
-from .retriever import Retriever
-from .significance import compare_runs, paired_t_test, randomization_test
-from .sparse import BM25Config
-from .tokenize import Tokenizer, TokenizerConfig
-from .types import Document, Hit, Qrels, Run
+from retrieval.version import __version__
+from retrieval.data import BeirDataset, iter_documents, load_beir, load_documents, load_qrels, load_queries
+from retrieval.errors import DataError, IndexFormatError, LLMError, MissingDependency
+from retrieval.eval.metrics import evaluate, per_query, read_run, write_run
+from retrieval.retriever import Retriever
+from retrieval.eval.significance import compare_runs, paired_t_test, randomization_test
+from retrieval.sparse.scoring import BM25Config
+from retrieval.sparse.tokenize import Tokenizer, TokenizerConfig
+from retrieval.types import Document, Hit, Qrels, Run
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _LAZY = {
-    "BiEncoder": "encoders", "load_encoder": "encoders", "DenseSearcher": "dense", "HybridSearcher": "hybrid",
-    "BM25Searcher": "bm25", "CrossEncoderReranker": "rerank", "load_reranker": "rerank",
-    "YesNoReranker": "llm_rerank", "RatingReranker": "llm_rerank", "ListwiseReranker": "llm_rerank",
-    "load_backend": "llm", "MTEBEncoder": "mteb_adapter", "run_task": "mteb_tasks",
-    "run_benchmark": "report", "resolve_model": "models",
+    "BiEncoder": "dense.encoders", "EncoderConfig": "dense.encoders", "load_encoder": "dense.encoders",
+    "DenseSearcher": "dense.searcher", "IndexConfig": "dense.searcher", "HybridSearcher": "hybrid.searcher",
+    "BM25Searcher": "sparse.searcher", "CrossEncoderReranker": "rerank.cross_encoder",
+    "load_reranker": "rerank.registry", "YesNoReranker": "rerank.llm.pointwise",
+    "RatingReranker": "rerank.llm.pointwise", "ListwiseReranker": "rerank.llm.listwise",
+    "load_backend": "rerank.llm.backends", "MTEBEncoder": "eval.mteb_adapter", "run_task": "eval.mteb_tasks",
+    "run_benchmark": "bench.report", "resolve_model": "models",
 }
 
 
@@ -36,7 +38,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "__version__", "BeirDataset", "BM25Config", "DataError", "Document", "Hit", "IndexFormatError",
+    "__version__", "BeirDataset", "BM25Config", "DataError", "Document", "Hit", "IndexFormatError", "LLMError",
     "MissingDependency", "Qrels", "Retriever", "Run", "Tokenizer", "TokenizerConfig", "compare_runs", "evaluate",
     "iter_documents", "load_beir", "load_documents", "load_qrels", "load_queries", "paired_t_test", "per_query",
     "randomization_test", "read_run", "write_run", *_LAZY,

@@ -13,15 +13,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .data import DataError, load_beir
-from .errors import IndexFormatError, MissingDependency
-from .evaluation import evaluate, format_metrics, write_json_run, write_trec_run
-from .retriever import METHODS, Retriever
-from .types import Hit
+from retrieval.data import DataError, load_beir
+from retrieval.errors import IndexFormatError, MissingDependency
+from retrieval.eval.metrics import evaluate, format_metrics, write_json_run, write_trec_run
+from retrieval.retriever import METHODS, Retriever
+from retrieval.types import Hit
 
 USER_ERRORS = (DataError, IndexFormatError, MissingDependency, OSError, KeyError, ValueError)
 # Extra sub-commands living next to the code they drive: (module, function adding the sub-parser).
-PLUGINS = (("training.cli", "add_train_command"), ("retrieval.report", "add_benchmark_command"))
+PLUGINS = (("training.cli", "add_train_command"), ("retrieval.bench.report", "add_benchmark_command"))
 
 
 def _build_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -76,7 +76,7 @@ def _add_rerank_flags(p: argparse.ArgumentParser) -> None:
 def _reranker(args: argparse.Namespace):
     if not getattr(args, "rerank", None):
         return None
-    from .rerank import load_reranker, parse_option
+    from retrieval.rerank import load_reranker, parse_option
 
     return load_reranker(args.rerank, **dict(parse_option(o) for o in args.rerank_option))
 
@@ -90,7 +90,7 @@ def _print_hits(hits: list[Hit], width: int = 90) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    from .data import iter_documents
+    from retrieval.data import iter_documents
 
     start = time.perf_counter()
     docs = iter_documents(args.docs, format=args.format, id_field=args.id_field,
@@ -140,7 +140,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .sample import sample_dir
+    from retrieval.sample import sample_dir
 
     data = load_beir(sample_dir(), "test")
     methods = args.methods.split(",")
@@ -150,7 +150,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for method in methods:
         start = time.perf_counter()
         if method == "hybrid" and {"bm25", "dense"} <= built.keys():
-            from .hybrid import HybridSearcher  # reuse both stages instead of encoding the corpus again
+            from retrieval.hybrid.searcher import HybridSearcher  # reuse both stages instead of encoding the corpus again
 
             searcher = HybridSearcher(built["bm25"].searcher, built["dense"].searcher)
             retriever = Retriever(searcher, built["dense"].docs)

@@ -14,16 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .types import Document, Qrels
+from retrieval.errors import DataError
+from retrieval.types import Document, Qrels
 
 logger = logging.getLogger(__name__)
 
 ID_FIELDS = ("_id", "id", "docid", "doc_id")
 FORMATS = ("jsonl", "csv", "tsv")
-
-
-class DataError(ValueError):
-    """Bad input data; the message names the file, line and field."""
 
 
 def _where(path: Path | str, line: int | None = None, field: str | None = None) -> str:

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError
-from .errors import IndexFormatError
-from .types import Document
+from retrieval.data import DataError
+from retrieval.errors import IndexFormatError
+from retrieval.types import Document
 
 
 class DocStore:

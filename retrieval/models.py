@@ -10,7 +10,7 @@ import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import MissingDependency
+from retrieval.errors import MissingDependency
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from .errors import IndexFormatError
+from retrieval.errors import IndexFormatError
 
 MANIFEST = "manifest.json"
 
 
 def library_version() -> str:
-    from . import __version__
+    from retrieval.version import __version__
 
     return __version__
 

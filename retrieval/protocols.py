@@ -7,7 +7,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .types import Document, Hit
+from retrieval.types import Document, Hit
 
 # One query's result from a first stage: (document rows, scores), best first.
 RowHits = tuple[np.ndarray, np.ndarray]

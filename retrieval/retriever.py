@@ -7,12 +7,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .data import iter_documents
-from .docstore import DocStore
-from .errors import IndexFormatError
-from .persistence import atomic_dir, read_manifest, write_manifest
-from .protocols import Reranker, RowHits, Searcher
-from .types import Hit, Run
+from retrieval.data import iter_documents
+from retrieval.docstore import DocStore
+from retrieval.errors import IndexFormatError
+from retrieval.persistence import atomic_dir, read_manifest, write_manifest
+from retrieval.protocols import Reranker, RowHits, Searcher
+from retrieval.types import Hit, Run
 
 logger = logging.getLogger(__name__)
 
@@ -20,9 +20,9 @@ FORMAT_VERSION = 1
 
 # method name -> "module:class"; imported lazily so BM25 users never import torch or faiss.
 METHODS: dict[str, str] = {
-    "bm25": "retrieval.bm25:BM25Searcher",
-    "dense": "retrieval.dense:DenseSearcher",
-    "hybrid": "retrieval.hybrid:HybridSearcher",
+    "bm25": "retrieval.sparse.searcher:BM25Searcher",
+    "dense": "retrieval.dense.searcher:DenseSearcher",
+    "hybrid": "retrieval.hybrid.searcher:HybridSearcher",
 }
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.evaluation import read_trec_run
+from retrieval.eval.metrics import read_trec_run
 from retrieval.sample import sample_dir
 
 REPO = Path(__file__).resolve().parent.parent
@@ -24,7 +24,7 @@ def load_script(name: str):
 
 def test_rerank_benchmark_writes_runs_and_paired_tests(tmp_path):
     pytest.importorskip("sentence_transformers")
-    from tiny_rerank_models import write_tiny_bert_cross_encoder
+    from helpers.tiny_rerank_models import write_tiny_bert_cross_encoder
 
     rerank = load_script("rerank")
     ce = write_tiny_bert_cross_encoder(tmp_path / "ce")

@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from retrieval.bm25 import BM25Searcher
-from retrieval.sparse import BM25Config, BM25Index, idf
-from retrieval.tokenize import Tokenizer, TokenizerConfig
+from retrieval.sparse.searcher import BM25Searcher
+from retrieval.sparse.scoring import BM25Config, BM25Index, idf
+from retrieval.sparse.tokenize import Tokenizer, TokenizerConfig
 
 QUERIES = [
     "vitamin D deficiency increases mortality",

@@ -49,7 +49,7 @@ def test_console_script_entry_point(tmp_path: Path) -> None:
 
 
 def test_search_with_a_cross_encoder_reranker(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tiny_rerank_models import write_tiny_bert_cross_encoder
+    from helpers.tiny_rerank_models import write_tiny_bert_cross_encoder
 
     ce = write_tiny_bert_cross_encoder(tmp_path / "ce")
     assert main(["index", str(sample_dir()), "--out", str(tmp_path / "idx"), "--quiet"]) == 0
@@ -70,7 +70,7 @@ def test_search_with_a_cross_encoder_reranker(tmp_path: Path, capsys: pytest.Cap
 def test_dense_and_hybrid_index_search_eval(tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                             method: str, extra: list[str]) -> None:
     pytest.importorskip("faiss")
-    from test_encoders import make_tiny_model
+    from helpers.tiny_encoder import make_tiny_model
 
     model = make_tiny_model(tmp_path / "tiny")
     idx = tmp_path / "idx"

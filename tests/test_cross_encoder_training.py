@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from retrieval.types import Document, Hit
-from tiny_rerank_models import write_tiny_bert_cross_encoder
+from helpers.tiny_rerank_models import write_tiny_bert_cross_encoder
 from training.cross_encoder import (TRAINING_FILE, CrossEncoderTrainingConfig, mine_hard_negatives,
                                     train_cross_encoder)
 

@@ -9,10 +9,10 @@ import pytest
 pytest.importorskip("faiss")
 pytest.importorskip("sentence_transformers")
 
-from test_encoders import make_tiny_model  # noqa: E402
+from helpers.tiny_encoder import make_tiny_model  # noqa: E402
 
-from retrieval.dense import DenseSearcher, ivf_lists, pq_shape, resolve_index, same_model  # noqa: E402
-from retrieval.encoders import load_encoder  # noqa: E402
+from retrieval.dense.searcher import DenseSearcher, ivf_lists, pq_shape, resolve_index, same_model  # noqa: E402
+from retrieval.dense.encoders import load_encoder  # noqa: E402
 from retrieval.errors import IndexFormatError  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
 from retrieval.types import Document  # noqa: E402

@@ -16,43 +16,10 @@ try:  # sentence-transformers >= 6
 except ImportError:  # older releases
     from sentence_transformers.models import Normalize, Pooling, Transformer
 
-from retrieval.encoders import BiEncoder, load_encoder  # noqa: E402
+from retrieval.dense.encoders import BiEncoder, load_encoder  # noqa: E402
 from retrieval.types import Document  # noqa: E402
 
-WORDS = ("the cat dog sat on mat protein cell gene cancer mouse human study results show "
-         "increased decreased risk therapy patients trial effect").split()
-
-
-def make_tiny_model(folder: Path, normalize: bool = True, prompts: dict[str, str] | None = None,
-                    pooling: str = "mean", seed: int = 0) -> Path:
-    """Write a randomly initialised 2-layer BERT sentence-transformers model (hidden 32) to ``folder``."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *string.ascii_lowercase, *string.digits,
-             *[f"##{c}" for c in string.ascii_lowercase + string.digits], *WORDS, ":", ".", ",", "-"]
-    bert_dir = folder / "bert"
-    bert_dir.mkdir(exist_ok=True)
-    (bert_dir / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, max_position_embeddings=128)
-    BertModel(config).save_pretrained(bert_dir)
-    if "vocab" in inspect.signature(BertTokenizerFast.__init__).parameters:   # transformers >= 5
-        tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)}, do_lower_case=True)
-    else:
-        tokenizer = BertTokenizerFast(vocab_file=str(bert_dir / "vocab.txt"), do_lower_case=True)
-    assert tokenizer.convert_tokens_to_ids("cat") == vocab.index("cat")
-    tokenizer.save_pretrained(bert_dir)
-    modules = [Transformer(str(bert_dir), max_seq_length=64),
-               Pooling(32, pooling_mode=pooling)]
-    if normalize:
-        modules.append(Normalize())
-    model = st.SentenceTransformer(modules=modules, device="cpu", prompts=prompts,
-                                   similarity_fn_name="cosine" if normalize else "dot")
-    out = folder / "st"
-    model.save(str(out))
-    return out
+from helpers.tiny_encoder import WORDS, make_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -126,7 +93,7 @@ def test_int8_path_stays_close_and_leaves_original(tiny_model_dir):
 
 
 def test_int8_packing_engine_is_restored_and_bad_engine_fails(tiny_model_dir):
-    from retrieval.quantize import default_engine, quantize_linear_int8
+    from retrieval.dense.quantize import default_engine, quantize_linear_int8
 
     model = st.SentenceTransformer(str(tiny_model_dir), device="cpu")
     before = torch.backends.quantized.engine
@@ -169,16 +136,16 @@ def test_bf16_path_autocasts_and_stays_close(tiny_model_dir, monkeypatch):
 
 
 def test_bf16_warns_on_a_cpu_without_bf16_instructions(tiny_model_dir, monkeypatch, caplog):
-    import retrieval.encoders as encoders
+    import retrieval.dense.encoders as encoders
 
     monkeypatch.setattr(encoders, "has_fast_bf16", lambda: False)
-    with caplog.at_level("WARNING", logger="retrieval.encoders"):
+    with caplog.at_level("WARNING", logger="retrieval.dense.encoders"):
         load_encoder(str(tiny_model_dir), bf16=True, show_progress=False)
     assert "slower than fp32" in caplog.text
 
 
 def test_cpu_flags_parse_proc_cpuinfo(monkeypatch, tmp_path):
-    import retrieval.cpu as cpu
+    import retrieval.dense.cpu as cpu
 
     fake = tmp_path / "cpuinfo"
     fake.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512_vnni amx_bf16\n\nprocessor\t: 1\nflags\t: fpu\n")
@@ -239,7 +206,7 @@ def test_onnx_int8_backend_matches_torch_and_reuses_its_cache(tiny_model_dir, tm
     folders = list(cache.iterdir())
     assert len(folders) == 1 and (folders[0] / "model.int8.onnx").is_file()
     stamp = (folders[0] / "model.int8.onnx").stat().st_mtime_ns
-    with caplog.at_level("INFO", logger="retrieval.onnx_backend"):
+    with caplog.at_level("INFO", logger="retrieval.dense.onnx"):
         again = load_encoder(str(tiny_model_dir), int8=True, backend="onnx", cache_dir=str(cache), show_progress=False)
     assert "reusing" in caplog.text and list(cache.iterdir()) == folders
     assert (folders[0] / "model.int8.onnx").stat().st_mtime_ns == stamp

@@ -8,7 +8,7 @@ import pytrec_eval
 
 from retrieval import Retriever, load_beir
 from retrieval.data import DataError
-from retrieval.evaluation import (
+from retrieval.eval.metrics import (
     drop_self_hits, evaluate, format_metrics, per_query, read_json_run, read_run, read_trec_run, write_run,
     write_trec_run,
 )

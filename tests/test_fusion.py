@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from retrieval.fusion import fuse, linear, minmax, rrf
+from retrieval.hybrid.fusion import fuse, linear, minmax, rrf
 
 
 def ranking(rows, scores):

@@ -9,11 +9,11 @@ import pytest
 pytest.importorskip("faiss")
 pytest.importorskip("sentence_transformers")
 
-from test_encoders import make_tiny_model  # noqa: E402
+from helpers.tiny_encoder import make_tiny_model  # noqa: E402
 
-from retrieval.encoders import load_encoder  # noqa: E402
-from retrieval.fusion import fuse  # noqa: E402
-from retrieval.hybrid import HybridSearcher  # noqa: E402
+from retrieval.dense.encoders import load_encoder  # noqa: E402
+from retrieval.hybrid.fusion import fuse  # noqa: E402
+from retrieval.hybrid.searcher import HybridSearcher  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
 from retrieval.types import Document  # noqa: E402
 
@@ -94,9 +94,9 @@ def test_bad_settings_fail():
 @pytest.mark.model
 def test_scifact_end_to_end_with_the_bundled_model(scifact_dir, scifact_docs, tmp_path):
     """300 real SciFact documents, the test queries judged on them: dense and hybrid beat chance by far."""
-    from retrieval.bm25 import BM25Searcher
+    from retrieval.sparse.searcher import BM25Searcher
     from retrieval.data import load_beir
-    from retrieval.evaluation import evaluate
+    from retrieval.eval.metrics import evaluate
 
     docs = scifact_docs[:300]
     ids = {d.id for d in docs}

@@ -15,8 +15,8 @@ def test_import_loads_no_heavy_backend() -> None:
 def test_lazy_exports_resolve() -> None:
     import retrieval
 
-    assert retrieval.load_encoder.__module__ == "retrieval.encoders"
-    assert retrieval.load_reranker.__module__ == "retrieval.rerank"
+    assert retrieval.load_encoder.__module__ == "retrieval.dense.encoders"
+    assert retrieval.load_reranker.__module__ == "retrieval.rerank.registry"
     assert set(retrieval.__all__) >= {"Retriever", "evaluate", "load_encoder", "DenseSearcher", "HybridSearcher"}
     try:
         retrieval.no_such_name

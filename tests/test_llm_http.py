@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from retrieval.llm import LLMError, OpenAIBackend
+from retrieval.rerank.llm.backends import LLMError, OpenAIBackend
 from retrieval.rerank import load_reranker
 from retrieval.types import Hit
 

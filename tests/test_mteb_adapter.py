@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fake_encoders import HashEncoder
-from retrieval.mteb_adapter import MTEBEncoder
-from retrieval.mteb_tasks import evaluate_classification, evaluate_pair_classification, evaluate_sts
+from helpers.fake_encoders import HashEncoder
+from retrieval.eval.mteb_adapter import MTEBEncoder
+from retrieval.eval.mteb_tasks import evaluate_classification, evaluate_pair_classification, evaluate_sts
 
 S1 = ["a man plays a guitar", "the cat sleeps on the mat", "stocks fell sharply today", "a child eats an apple",
       "two dogs run in a park", "the senate passed the bill", "rain is expected tomorrow", "she reads a long novel"]

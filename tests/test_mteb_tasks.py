@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fake_encoders import HashEncoder
+from helpers.fake_encoders import HashEncoder
 from retrieval.data import DataError
-from retrieval.mteb_tasks import (
+from retrieval.eval.mteb_tasks import (
     encode_texts, evaluate_classification, evaluate_pair_classification, evaluate_reranking, evaluate_sts,
     load_task, run_task, undersample,
 )
@@ -142,7 +142,7 @@ def test_minilm_reproduces_mteb_sts(task: str, published: float) -> None:
     folder = DATA / "mteb" / task
     if not folder.exists():
         pytest.skip("no shared data")
-    from retrieval.encoders import load_encoder
+    from retrieval.dense.encoders import load_encoder
 
     res = run_task(load_encoder("minilm", show_progress=False), folder)
     assert res.main_score == pytest.approx(published, abs=0.005)

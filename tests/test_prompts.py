@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrieval.prompts import (listwise_messages, parse_permutation, rating_messages, render_plain,
+from retrieval.rerank.llm.prompts import (listwise_messages, parse_permutation, rating_messages, render_plain,
                                sliding_windows, truncate_words, yes_no_messages)
 
 

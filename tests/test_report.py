@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from fake_encoders import HashEncoder
+from helpers.fake_encoders import HashEncoder
 from retrieval import load_beir
-from retrieval.evaluation import evaluate, read_trec_run
-from retrieval.report import (
+from retrieval.eval.metrics import evaluate, read_trec_run
+from retrieval.bench.report import (
     BenchmarkConfig, EmbedderSpec, SystemSpec, add_benchmark_command, markdown_report, run_benchmark, suite_config,
 )
 from retrieval.sample import sample_dir

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from retrieval.rerank import CrossEncoderReranker, apply_scores, load_reranker, parse_option, passage_text
 from retrieval.types import Hit
-from tiny_rerank_models import write_tiny_bert_cross_encoder
+from helpers.tiny_rerank_models import write_tiny_bert_cross_encoder
 
 
 def _hits(n: int) -> list[Hit]:

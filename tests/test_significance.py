@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from retrieval.significance import compare_runs, paired_t_test, randomization_test
+from retrieval.eval.significance import compare_runs, paired_t_test, randomization_test
 
 
 def test_t_test_closed_form() -> None:

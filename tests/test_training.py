@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("sentence_transformers")
 
 from training import TrainConfig, corpus_sentences, load_base, run  # noqa: E402
-from training.run import checkpoint_dirs  # noqa: E402
+from training.trainer import checkpoint_dirs  # noqa: E402
 from training.sentences import SentenceOptions  # noqa: E402
 from training.tsdae import TSDAE  # noqa: E402
 
@@ -152,7 +152,7 @@ def test_resume_after_kill_matches_an_uninterrupted_run(tiny_bert, scifact_dir, 
 
 
 def test_result_loads_in_retriever(tiny_bert, scifact_dir, tmp_path, scifact_docs):
-    pytest.importorskip("retrieval.dense", reason="retrieval/dense.py (dense search) is not in this tree yet")
+    pytest.importorskip("retrieval.dense.searcher", reason="retrieval/dense.py (dense search) is not in this tree yet")
     from retrieval.retriever import Retriever
 
     folder = run(_config(tiny_bert, scifact_dir, tmp_path / "run", objective="simcse", max_steps=3))
@@ -174,7 +174,7 @@ def test_before_after_evaluation_on_a_beir_folder(tiny_bert, scifact_dir, tmp_pa
     assert len(list(cache.glob("*.npy"))) == 1
     # the paired test compares the saved runs query by query, and agrees with the headline means
     from retrieval.data import load_beir
-    from retrieval.evaluation import evaluate, read_trec_run
+    from retrieval.eval.metrics import evaluate, read_trec_run
 
     test = a["after_vs_before"]
     qrels = load_beir(sample, "test").qrels

@@ -14,7 +14,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _EXPORTS = {
     "TrainConfig": "config", "OBJECTIVE_NAMES": "config", "OBJECTIVE_DEFAULTS": "config",
-    "run": "run", "load_base": "run", "build_objective": "run",
+    "run": "trainer", "load_base": "trainer", "build_objective": "trainer",
     "TSDAE": "tsdae", "TSDAELoss": "tsdae", "build_decoder": "tsdae",
     "SimCSE": "simcse",
     "Pairs": "pairs", "corpus_documents": "pairs", "make_pair": "pairs",

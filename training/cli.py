@@ -1,4 +1,4 @@
-"""``retrieval train tsdae|simcse|ct|pairs|cross-encoder ...``: the command-line face of ``training.run``.
+"""``retrieval train tsdae|simcse|ct|pairs|cross-encoder ...``: the command-line face of ``training.trainer``.
 
 Importing this module is cheap (no torch); the heavy imports happen when the command runs.
 """
@@ -55,7 +55,7 @@ def _objective_flags(name: str, p: argparse.ArgumentParser) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The ``TrainConfig`` the flags describe."""
-    from .config import TrainConfig
+    from training.config import TrainConfig
 
     extra = {}
     if args.objective == "tsdae":
@@ -79,11 +79,11 @@ def config_from_args(args: argparse.Namespace):
 
 def cmd_train(args: argparse.Namespace) -> int:
     if args.objective == "cross-encoder":
-        from .cross_encoder import config_from_args as ce_config, train_cross_encoder
+        from training.cross_encoder import config_from_args as ce_config, train_cross_encoder
 
         print(f"model: {train_cross_encoder(ce_config(args))}")
         return 0
-    from .run import run
+    from training.trainer import run
 
     folder = run(config_from_args(args))
     metrics_path = Path(args.out) / "metrics.json"
@@ -107,7 +107,7 @@ def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.Argume
         _common_flags(p)
         _objective_flags(name, p)
         p.set_defaults(func=cmd_train)
-    from .cross_encoder import add_arguments as ce_arguments
+    from training.cross_encoder import add_arguments as ce_arguments
 
     p = objectives.add_parser("cross-encoder", help="fine-tune a cross-encoder reranker on a BEIR train split "
                               "with BM25-mined hard negatives")

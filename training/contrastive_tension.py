@@ -26,7 +26,7 @@ from sentence_transformers.sentence_transformer.losses import (
     ContrastiveTensionLossInBatchNegatives,
 )
 
-from .objective import Batch
+from training.objective import Batch
 
 
 def ct_pairs(sentences: list[str], pool: Sequence[str], pos_neg_ratio: int,

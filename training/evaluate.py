@@ -11,8 +11,8 @@ import numpy as np
 from sentence_transformers import SentenceTransformer
 
 from retrieval.data import load_beir
-from retrieval.encoders import BiEncoder
-from retrieval.evaluation import evaluate, write_trec_run
+from retrieval.dense.encoders import BiEncoder
+from retrieval.eval.metrics import evaluate, write_trec_run
 from retrieval.persistence import atomic_write_text
 from retrieval.types import Document, Run
 
@@ -60,7 +60,7 @@ def evaluate_on_beir(model: SentenceTransformer, beir_dir: str | Path, split: st
                      run_path: str | Path | None = None) -> dict[str, float]:
     """nDCG@10, Recall@100, ... of ``model`` on ``beir_dir``'s ``split`` (title + text, exact search).
 
-    Encoding goes through :class:`retrieval.encoders.BiEncoder`, so prefixes and normalisation are the
+    Encoding goes through :class:`retrieval.dense.encoders.BiEncoder`, so prefixes and normalisation are the
     ones ``Retriever(method="dense")`` will use with the saved model.
 
     ``cache`` (a path without suffix) stores the corpus vectors; use it only for a model that does not change.
@@ -104,8 +104,8 @@ def evaluate_on_beir(model: SentenceTransformer, beir_dir: str | Path, split: st
 def compare_with_before(beir_dir: str | Path, split: str, before_run: str | Path, after_run: str | Path,
                         metric: str = "nDCG@10") -> dict[str, Any]:
     """Paired randomisation test of the after-training run against the before run, per query on ``metric``."""
-    from retrieval.evaluation import read_trec_run
-    from retrieval.significance import compare_runs
+    from retrieval.eval.metrics import read_trec_run
+    from retrieval.eval.significance import compare_runs
 
     qrels = load_beir(beir_dir, split).qrels
     result = compare_runs(qrels, read_trec_run(after_run), read_trec_run(before_run), metric=metric)

@@ -26,9 +26,9 @@ from pathlib import Path
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-from .config import PAIR_SOURCES
-from .objective import Batch
-from .sentences import read_corpus, split_sentences
+from training.config import PAIR_SOURCES
+from training.objective import Batch
+from training.sentences import read_corpus, split_sentences
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ import random
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-from .objective import Batch
+from training.objective import Batch
 
 
 class SimCSE:

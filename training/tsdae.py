@@ -29,8 +29,8 @@ from sentence_transformers.sentence_transformer.modules import Normalize
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from .noise import NoiseConfig, noisy_batch
-from .objective import Batch
+from training.noise import NoiseConfig, noisy_batch
+from training.objective import Batch
 
 logger = logging.getLogger(__name__)
 

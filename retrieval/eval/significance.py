@@ -5,7 +5,7 @@ Two standard choices for IR (Smucker, Allan & Carterette, CIKM 2007): the paired
 difference (``scipy.stats.permutation_test`` with ``permutation_type="samples"``, exact when
 ``2**n <= n_resamples``, otherwise seeded Monte Carlo). Both are two-sided.
 
-    >>> from retrieval.evaluation import per_query
+    >>> from retrieval.eval.metrics import per_query
     >>> a, b = per_query(qrels, run_a)["nDCG@10"], per_query(qrels, run_b)["nDCG@10"]
     >>> randomization_test(a, b).p_value
 """
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .types import Qrels, Run
+from retrieval.types import Qrels, Run
 
 TESTS = ("t", "randomization")
 Scores = Mapping[str, float] | Sequence[float] | np.ndarray
@@ -93,11 +93,11 @@ def randomization_test(a: Scores, b: Scores, n_resamples: int = 10_000, seed: in
 def compare_runs(qrels: Qrels, run_a: Run, run_b: Run, metric: str = "nDCG@10", test: str = "randomization",
                  ignore_identical_ids: bool = False, **options: Any) -> PairedTestResult:
     """Evaluate two runs per query on ``metric`` and test the difference (A minus B)."""
-    from .evaluation import per_query
+    from retrieval.eval.metrics import per_query
 
     if test not in TESTS:
         raise ValueError(f"unknown test {test!r}; choose one of {TESTS}")
-    from .evaluation import MEASURES
+    from retrieval.eval.metrics import MEASURES
 
     name, _, k = metric.partition("@")
     if name not in MEASURES or not k.isdigit():

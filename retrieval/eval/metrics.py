@@ -16,8 +16,8 @@ import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from .errors import MissingDependency
-from .types import Qrels, Run
+from retrieval.errors import MissingDependency
+from retrieval.types import Qrels, Run
 
 logger = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ def write_trec_run(run: Run, path: str | Path, tag: str = "retrievekit") -> None
 
 def read_trec_run(path: str | Path) -> Run:
     """Read a TREC-format run file (``qid Q0 docid rank score tag``)."""
-    from .data import DataError, iter_lines
+    from retrieval.data import DataError, iter_lines
 
     path = Path(path)
     run: Run = {}
@@ -157,7 +157,7 @@ def write_json_run(run: Run, path: str | Path) -> None:
 
 def read_json_run(path: str | Path) -> Run:
     """Read a JSON run ``{qid: {docid: score}}``, checking its shape."""
-    from .data import DataError
+    from retrieval.data import DataError
 
     path = Path(path)
     try:

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .protocols import RowHits
+from retrieval.protocols import RowHits
 
 FUSIONS = ("rrf", "linear")
 

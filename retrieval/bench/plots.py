@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from .errors import MissingDependency
+from retrieval.errors import MissingDependency
 
 
 def _pyplot():

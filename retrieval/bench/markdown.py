@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .mteb_tasks import MAIN_SCORE
+from retrieval.eval.mteb_tasks import MAIN_SCORE
 
 
 @dataclass(frozen=True)

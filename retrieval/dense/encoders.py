@@ -15,10 +15,10 @@ from typing import Any
 
 import numpy as np
 
-from .cpu import has_fast_bf16
-from .errors import MissingDependency
-from .models import resolve_model
-from .types import Document
+from retrieval.dense.cpu import has_fast_bf16
+from retrieval.errors import MissingDependency
+from retrieval.models import resolve_model
+from retrieval.types import Document
 
 logger = logging.getLogger(__name__)
 
@@ -131,11 +131,11 @@ class BiEncoder:
             raise ValueError(f"model {config.model!r} does not report its embedding dimension")
         self.dim = int(dim)
         if config.backend == "onnx":
-            from .onnx_backend import OnnxEncoder, OnnxSettings
+            from retrieval.dense.onnx import OnnxEncoder, OnnxSettings
 
             self.onnx = OnnxEncoder(model, OnnxSettings(quantize=config.int8), cache_dir=cache_dir)
         elif config.int8:
-            from .quantize import quantize_linear_int8
+            from retrieval.dense.quantize import quantize_linear_int8
 
             self.model = quantize_linear_int8(model)
         if config.bf16 and self.device_type == "cpu" and not has_fast_bf16():

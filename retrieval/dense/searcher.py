@@ -18,12 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from .encoders import BiEncoder, load_encoder
-from .errors import IndexFormatError, MissingDependency
-from .models import resolve_model
-from .persistence import load_arrays, read_manifest, save_arrays, write_manifest
-from .protocols import RowHits
-from .types import Document
+from retrieval.dense.encoders import BiEncoder, load_encoder
+from retrieval.errors import IndexFormatError, MissingDependency
+from retrieval.models import resolve_model
+from retrieval.persistence import load_arrays, read_manifest, save_arrays, write_manifest
+from retrieval.protocols import RowHits
+from retrieval.types import Document
 
 logger = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MissingDependency
-from .persistence import atomic_dir
+from retrieval.errors import MissingDependency
+from retrieval.persistence import atomic_dir
 
 logger = logging.getLogger(__name__)
 

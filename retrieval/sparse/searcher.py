@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import IndexFormatError, MissingDependency
-from .persistence import load_arrays, save_arrays
-from .protocols import RowHits
-from .sparse import BM25Config, BM25Index
-from .tokenize import Tokenizer, TokenizerConfig
-from .types import Document
+from retrieval.errors import IndexFormatError, MissingDependency
+from retrieval.persistence import load_arrays, save_arrays
+from retrieval.protocols import RowHits
+from retrieval.sparse.scoring import BM25Config, BM25Index
+from retrieval.sparse.tokenize import Tokenizer, TokenizerConfig
+from retrieval.types import Document
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Iterator
 from typing import Any
 
-from .cpu import has_fast_int8
+from retrieval.dense.cpu import has_fast_int8
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from .data import DataError, iter_jsonl
-from .errors import MissingDependency
+from retrieval.data import DataError, iter_jsonl
+from retrieval.errors import MissingDependency
 
 logger = logging.getLogger(__name__)
 

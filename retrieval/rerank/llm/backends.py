@@ -24,15 +24,11 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from tqdm.auto import tqdm
 
-from .errors import MissingDependency
-from .models import resolve_model
-from .prompts import Messages, render_plain
+from retrieval.errors import LLMError, MissingDependency
+from retrieval.models import resolve_model
+from retrieval.rerank.llm.prompts import Messages, render_plain
 
 logger = logging.getLogger(__name__)
-
-
-class LLMError(RuntimeError):
-    """The LLM backend failed (server unreachable, HTTP error, malformed reply); the message says where."""
 
 
 @runtime_checkable

@@ -2,7 +2,7 @@
 
 Writes ``results.json`` (all metrics, per-query nDCG@10, timings, config), ``results.md`` (tables, with
 published numbers and their sources next to ours) and PNG plots into ``--out``. Retrieval systems run on
-BEIR folders; embedders run on MTEB-style task folders (see :mod:`retrieval.mteb_tasks`). Corpus
+BEIR folders; embedders run on MTEB-style task folders (see :mod:`retrieval.eval.mteb_tasks`). Corpus
 embeddings are cached under ``OUT/cache`` and shared by every system using the same encoder, so a corpus
 is encoded once per model and a re-run does not re-encode it.
 
@@ -25,10 +25,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from .data import DataError, load_beir
-from .evaluation import evaluate, per_query, write_trec_run
-from .persistence import atomic_write_text
-from .report_markdown import MTEB_NAMES, REFERENCES, markdown_report
+from retrieval.data import DataError, load_beir
+from retrieval.eval.metrics import evaluate, per_query, write_trec_run
+from retrieval.persistence import atomic_write_text
+from retrieval.bench.markdown import MTEB_NAMES, REFERENCES, markdown_report
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +167,7 @@ def estimate_seconds(config: BenchmarkConfig) -> dict[str, float]:
                 cost += n_docs * SECONDS_PER["encode_doc"]
             steps[f"{folder.name}/{s.name}"] = cost + (n_q * s.rerank_depth * 0.05 if s.reranker else 0.0)
     for folder in map(Path, config.mteb):
-        from .mteb_tasks import load_task
+        from retrieval.eval.mteb_tasks import load_task
 
         splits = (config.split, "train") if load_task(folder).type == "classification" else (config.split,)
         n = sum(_count_lines(folder / f"{s}.jsonl") for s in splits if (folder / f"{s}.jsonl").exists())
@@ -196,7 +196,7 @@ class CachedEncoder:
 
         import numpy as np
 
-        from .types import Document
+        from retrieval.types import Document
 
         texts = [d.full_text if isinstance(d, Document) else str(d) for d in docs]
         digest = hashlib.sha256(json.dumps([self.encoder.describe(), texts]).encode("utf-8")).hexdigest()[:20]
@@ -231,7 +231,7 @@ class EncoderPool:
             if self.factory is not None:
                 encoder = self.factory(opts)
             else:
-                from .encoders import load_encoder
+                from retrieval.dense.encoders import load_encoder
 
                 encoder = load_encoder(opts.pop("model"), show_progress=self.show_progress, **opts)
             self._encoders[key] = CachedEncoder(encoder, self.cache) if self.cache is not None else encoder
@@ -242,11 +242,11 @@ class EncoderPool:
 
 
 def _retriever(system: SystemSpec, data: Any, show_progress: bool, pool: EncoderPool) -> Any:
-    from .retriever import Retriever
+    from retrieval.retriever import Retriever
 
     reranker = None
     if system.reranker:
-        from .rerank import load_reranker
+        from retrieval.rerank import load_reranker
 
         reranker = load_reranker(system.reranker)
     options = dict(system.options)
@@ -285,7 +285,7 @@ def run_retrieval(system: SystemSpec, folder: Path, config: BenchmarkConfig, out
 
 def run_mteb(encoder: Any, spec: EmbedderSpec, folder: Path, config: BenchmarkConfig) -> dict[str, Any]:
     """One embedder on one MTEB-style task folder."""
-    from .mteb_tasks import run_task
+    from retrieval.eval.mteb_tasks import run_task
 
     result = run_task(encoder, folder, split=config.split, limit=config.mteb_limit)
     out = result.to_dict()
@@ -295,7 +295,7 @@ def run_mteb(encoder: Any, spec: EmbedderSpec, folder: Path, config: BenchmarkCo
 
 def _significance(rows: list[dict[str, Any]]) -> None:
     """Per dataset, test each system's nDCG@10 against the first system's (paired randomisation test)."""
-    from .significance import randomization_test
+    from retrieval.eval.significance import randomization_test
 
     for ds in {r["dataset"] for r in rows}:
         group = [r for r in rows if r["dataset"] == ds]
@@ -321,7 +321,7 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path,
 
     ``encoder_factory(options)`` replaces ``load_encoder`` (tests pass tiny fake encoders).
     """
-    from . import __version__
+    from retrieval.version import __version__
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -358,7 +358,7 @@ def write_outputs(results: dict[str, Any], out: Path) -> dict[str, Path]:
     paths = {"json": out / "results.json", "markdown": out / "results.md"}
     plots: dict[str, str] = {}
     if results["config"].get("plots", True):
-        from .plots import plot_all
+        from retrieval.bench.plots import plot_all
 
         try:
             for name, path in plot_all(results, out).items():

@@ -1,8 +1,8 @@
 """Run our encoders inside the official ``mteb`` package (its v2 ``EncoderProtocol``).
 
     >>> import mteb
-    >>> from retrieval.encoders import load_encoder
-    >>> from retrieval.mteb_adapter import MTEBEncoder
+    >>> from retrieval.dense.encoders import load_encoder
+    >>> from retrieval.eval.mteb_adapter import MTEBEncoder
     >>> model = MTEBEncoder(load_encoder("minilm"), name="retrievekit/minilm")
     >>> mteb.evaluate(model, mteb.get_tasks(tasks=["STSBenchmark"]))   # needs the hub for the data
 
@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import MissingDependency
-from .mteb_tasks import encode_texts
+from retrieval.errors import MissingDependency
+from retrieval.eval.mteb_tasks import encode_texts
 
 
 def _texts(inputs: Iterable[Any]) -> list[str]:

@@ -13,11 +13,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .bm25 import BM25Searcher
-from .dense import DenseSearcher
-from .fusion import FUSIONS, fuse
-from .protocols import RowHits
-from .types import Document
+from retrieval.sparse.searcher import BM25Searcher
+from retrieval.dense.searcher import DenseSearcher
+from retrieval.hybrid.fusion import FUSIONS, fuse
+from retrieval.protocols import RowHits
+from retrieval.types import Document
 
 
 def _split(options: dict[str, Any], method: Any) -> tuple[dict[str, Any], dict[str, Any]]:

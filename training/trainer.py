@@ -37,14 +37,14 @@ from tqdm.auto import tqdm
 from retrieval.models import resolve_model
 from retrieval.persistence import atomic_dir, atomic_write_text
 
-from .config import RESUME_MAY_CHANGE, TrainConfig
-from .contrastive_tension import ContrastiveTension
-from .noise import NoiseConfig
-from .objective import Batch, Objective
-from .pairs import Pairs, corpus_documents
-from .sentences import SentenceOptions, corpus_sentences
-from .simcse import SimCSE
-from .tsdae import TSDAE
+from training.config import RESUME_MAY_CHANGE, TrainConfig
+from training.contrastive_tension import ContrastiveTension
+from training.noise import NoiseConfig
+from training.objective import Batch, Objective
+from training.pairs import Pairs, corpus_documents
+from training.sentences import SentenceOptions, corpus_sentences
+from training.simcse import SimCSE
+from training.tsdae import TSDAE
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def _eval(config: TrainConfig, model: SentenceTransformer, cache: str | None,
           run_path: Path | None = None) -> dict[str, float] | None:
     if not config.eval_beir:
         return None
-    from .evaluate import evaluate_on_beir
+    from training.evaluate import evaluate_on_beir
 
     return evaluate_on_beir(model, config.eval_beir, config.eval_split, config.eval_max_seq_length,
                             config.eval_batch_size, cache=cache, show_progress=config.show_progress,
@@ -296,7 +296,7 @@ def run(config: TrainConfig) -> Path:
     with atomic_dir(out / "model") as tmp:
         model.save(str(tmp))
     if config.eval_beir:
-        from .evaluate import compare_with_before
+        from training.evaluate import compare_with_before
 
         metrics["after"] = _eval(config, model, None, runs["after"])
         metrics["after_vs_before"] = compare_with_before(config.eval_beir, config.eval_split, runs["before"],
@@ -307,13 +307,3 @@ def run(config: TrainConfig) -> Path:
     logger.info("saved %s", out / "model")
     return out / "model"
 
-
-class _CallableModule(types.ModuleType):
-    """``training.run`` is both this module and the function: importing the submodule rebinds the
-    package attribute to the module, so the module forwards calls to :func:`run`."""
-
-    def __call__(self, config: TrainConfig) -> Path:
-        return run(config)
-
-
-sys.modules[__name__].__class__ = _CallableModule

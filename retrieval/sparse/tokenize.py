@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 from functools import cached_property
 from typing import Any
 
-from .errors import MissingDependency
+from retrieval.errors import MissingDependency
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,65 @@
+"""What every reranker shares: the passage text of a hit, applying new scores as a permutation, interpolation.
+
+Every reranker returns a permutation of its input: same hits, each once, best first, with ``score``
+set to its own score and the first stage's score kept in ``hit.extra["first_stage_score"]``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from retrieval.types import Hit
+
+
+def passage_text(hit: Hit) -> str:
+    """Title and text joined by one space, as the first stage indexed them."""
+    if hit.title and hit.text:
+        return f"{hit.title} {hit.text}"
+    return hit.title or hit.text
+
+
+def apply_scores(hits: Sequence[Hit], scores: Sequence[float]) -> list[Hit]:
+    """Reorder ``hits`` by ``scores`` (given for the first ``len(scores)`` hits), best first, ties stable.
+
+    Hits beyond ``len(scores)`` (not reranked) follow in first-stage order with scores strictly below
+    every reranked score. Returns new ``Hit`` objects; the old score goes to ``extra["first_stage_score"]``.
+    """
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(values) > len(hits):
+        raise ValueError(f"got {len(values)} scores for {len(hits)} hits")
+    values = np.where(np.isnan(values), -np.inf, values)
+    order = sorted(range(len(values)), key=lambda i: -values[i])  # sorted() is stable: ties keep input order
+    lowest = float(values.min()) if len(values) else 0.0
+    if lowest == np.inf:
+        lowest = 0.0
+    ranked = [(hits[i], float(values[i]), True) for i in order]
+    ranked += [(h, lowest - 1.0 - j, False) for j, h in enumerate(hits[len(values):])]  # -inf stays -inf
+    out = []
+    for rank, (hit, score, reranked) in enumerate(ranked, start=1):
+        extra = {**hit.extra, "reranked": reranked}
+        extra.setdefault("first_stage_score", hit.score)
+        out.append(dataclasses.replace(hit, score=score, rank=rank, extra=extra))
+    return out
+
+
+def interpolate_first_stage(scores: Sequence[float], hits: Sequence[Hit], weight: float) -> np.ndarray:
+    """``weight * minmax(scores) + (1 - weight) * minmax(first-stage scores)`` over one query's hits.
+
+    Score interpolation with the first stage (as in Pyserini's and BEIR's rerank studies) keeps what
+    BM25 knows when a reranker was trained on few in-domain labels. Min-max is taken per query; a
+    constant score list normalises to zeros.
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"interpolate weight must be in [0, 1], got {weight}")
+    first = np.array([h.extra.get("first_stage_score", h.score) for h in hits], dtype=np.float64)
+
+    def minmax(values: np.ndarray) -> np.ndarray:  # unlike fusion.minmax, a constant list adds nothing (zeros)
+        span = float(values.max() - values.min()) if len(values) else 0.0
+        return (values - values.min()) / span if span > 0 else np.zeros_like(values)
+
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if len(values) != len(first):
+        raise ValueError(f"got {len(values)} scores for {len(first)} hits")
+    return weight * minmax(values) + (1.0 - weight) * minmax(first)

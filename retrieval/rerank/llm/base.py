@@ -1,0 +1,56 @@
+"""What the LLM rerankers share: a backend, a rerank depth, passage truncation, and choice probabilities."""
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from retrieval.rerank.llm.backends import LLMBackend, load_backend
+from retrieval.rerank.llm.prompts import (RATING_CHOICES, YES_NO_CHOICES, Messages, complete_permutation, listwise_messages,
+                      named_indices, rating_messages, sliding_windows, truncate_words, yes_no_messages)
+from retrieval.rerank.base import apply_scores, passage_text
+from retrieval.types import Hit
+
+logger = logging.getLogger(__name__)
+
+
+def _softmax(logprobs: np.ndarray) -> np.ndarray:
+    """Row-wise softmax over the choices only (renormalises the choice probabilities to sum to 1)."""
+    logprobs = np.where(np.isnan(logprobs), -np.inf, np.minimum(logprobs, 0.0))  # a log-prob is <= 0
+    with np.errstate(invalid="ignore"):
+        shifted = logprobs - logprobs.max(axis=1, keepdims=True)  # all -inf rows become nan: uniform below
+    exp = np.exp(np.where(np.isnan(shifted), -np.inf, shifted))
+    total = exp.sum(axis=1, keepdims=True)
+    return np.divide(exp, total, out=np.full_like(exp, 1.0 / exp.shape[1]), where=total > 0)
+
+
+class _LLMReranker:
+    """Shared construction: a backend, a rerank depth, and passage truncation."""
+
+    def __init__(self, backend: LLMBackend, depth: int | None = None, max_passage_words: int | None = 100,
+                 show_progress: bool = False) -> None:
+        self.backend = backend
+        self.depth = depth
+        self.max_passage_words = max_passage_words
+        self.show_progress = show_progress
+
+    @classmethod
+    def from_spec(cls, model: str | None, **options: Any) -> "_LLMReranker":
+        """Split ``options`` between this reranker and :func:`~retrieval.rerank.llm.backends.load_backend`, then build both."""
+        own = set(inspect.signature(cls.__init__).parameters) - {"self", "backend"}
+        mine = {k: v for k, v in options.items() if k in own}
+        rest = {k: v for k, v in options.items() if k not in own}
+        if "show_progress" in mine:
+            rest["show_progress"] = mine["show_progress"]
+        return cls(load_backend(model or "smollm2", **rest), **mine)
+
+    def _passage(self, hit: Hit) -> str:
+        return truncate_words(passage_text(hit), self.max_passage_words)
+
+    def _head(self, hits: list[Hit]) -> list[Hit]:
+        return hits if self.depth is None else hits[: self.depth]

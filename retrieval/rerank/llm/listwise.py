@@ -1,0 +1,89 @@
+"""The listwise LLM reranker: RankGPT sliding windows over a permutation, replies parsed and repaired.
+
+Usage::
+
+    from retrieval import load_reranker
+    reranker = load_reranker("llm-listwise:http://127.0.0.1:8080/v1#qwen2.5-7b", window=20, step=10)
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from retrieval.rerank.llm.backends import LLMBackend, load_backend
+from retrieval.rerank.llm.prompts import (RATING_CHOICES, YES_NO_CHOICES, Messages, complete_permutation, listwise_messages,
+                      named_indices, rating_messages, sliding_windows, truncate_words, yes_no_messages)
+from retrieval.rerank.base import apply_scores, passage_text
+from retrieval.types import Hit
+
+logger = logging.getLogger(__name__)
+from retrieval.rerank.llm.base import _LLMReranker
+
+
+@dataclass
+class ListwiseStats:
+    """How well the model's replies parsed, summed over every window ranked so far (a small model's weak spot)."""
+
+    windows: int = 0
+    ids_shown: int = 0
+    ids_named: int = 0            # distinct valid ids the replies named; the rest kept their earlier order
+    windows_unparsed: int = 0     # replies that named no valid id: the window kept its order
+    windows_reordered: int = 0    # replies that changed the window's order
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = asdict(self)
+        data["named_fraction"] = self.ids_named / self.ids_shown if self.ids_shown else None
+        return data
+
+
+class ListwiseReranker(_LLMReranker):
+    """RankGPT: windows of ``window`` passages, moved up by ``step`` from the bottom; each reply reorders its window.
+
+    Unparsed or missing ids keep their previous relative order, so a useless reply changes nothing.
+    Scores are ``n - position`` of the final order (monotone; listwise rankers produce no calibrated score).
+    """
+
+    def __init__(self, backend: LLMBackend, window: int = 20, step: int = 10, max_tokens: int | None = None,
+                 depth: int | None = None, max_passage_words: int | None = 60, show_progress: bool = False) -> None:
+        super().__init__(backend, depth=depth, max_passage_words=max_passage_words, show_progress=show_progress)
+        sliding_windows(1, window, step)  # validates window and step now, not at the first query
+        self.window = window
+        self.step = step
+        self.max_tokens = max_tokens
+        self.stats = ListwiseStats()
+
+    def order(self, query: str, hits: Sequence[Hit]) -> list[int]:
+        """The new order of ``hits`` as indices into it, best first."""
+        order = list(range(len(hits)))
+        windows = sliding_windows(len(hits), self.window, self.step)
+        for start, end in tqdm(windows, desc="Listwise windows", disable=not self.show_progress):
+            current = order[start:end]
+            prompt = listwise_messages(query, [self._passage(hits[i]) for i in current])
+            budget = self.max_tokens or 6 * len(current) + 10  # "[12] > " is about 5 tokens
+            reply = self.backend.complete(prompt, budget)
+            named = named_indices(reply, len(current))   # parsed once: the order and the reply stats share it
+            permutation = complete_permutation(named, len(current))
+            logger.debug("window %d-%d reply %r -> %s", start, end, reply[:120], permutation)
+            self._count(len(current), len(named), permutation)
+            order[start:end] = [current[i] for i in permutation]
+        return order
+
+    def _count(self, shown: int, named: int, permutation: list[int]) -> None:
+        self.stats.windows += 1
+        self.stats.ids_shown += shown
+        self.stats.ids_named += named
+        self.stats.windows_unparsed += named == 0
+        self.stats.windows_reordered += permutation != list(range(shown))
+
+    def rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
+        head = self._head(hits)
+        order = self.order(query, head)
+        reordered = [head[i] for i in order] + hits[len(head):]
+        scores = [float(len(head) - position) for position in range(len(head))]
+        return apply_scores(reordered, scores)

@@ -1,0 +1,78 @@
+"""The ``load_reranker(spec)`` factory the CLI and ``Retriever`` use to build any second stage.
+
+Spec strings (``KIND[:MODEL]``; only the first ``:`` splits, so URLs and paths pass through):
+
+* ``cross-encoder:PATH_OR_NAME`` — a sentence-transformers ``CrossEncoder`` folder or hub name (e.g. one
+  made by ``training.cross_encoder.train_cross_encoder``); scores are its raw logits.
+* ``llm-yesno[:MODEL]`` — P("Yes") vs P("No") to "Does the passage answer the query?".
+* ``llm-rating[:MODEL]`` — expected 0-5 grade under the digits' next-token probabilities.
+* ``llm-listwise[:MODEL]`` — RankGPT sliding windows (options ``window``, ``step``).
+
+``MODEL`` for the LLM kinds defaults to ``smollm2`` (bundled SmolLM2-135M-Instruct GGUF); it may be a
+local folder, a ``.gguf`` file, a hub name, or ``http://HOST:PORT/v1#MODEL_NAME`` for any
+OpenAI-compatible server. ``load_reranker`` options: ``depth`` (rerank only the top N given hits) and
+``show_progress`` for every kind; ``interpolate`` (weight W of the reranker in
+``W * minmax(reranker) + (1 - W) * minmax(first stage)``) for ``cross-encoder``; ``batch_size``,
+``device``, ``max_length`` for local models; ``max_passage_words`` for LLMs; ``window``, ``step``, ``max_tokens`` for listwise; ``timeout``,
+``retries``, ``backoff``, ``api_key``, ``concurrency``, ``top_logprobs`` for HTTP.
+
+Every reranker returns a permutation of its input: same hits, each once, best first, with ``score``
+set to its own score and the first stage's score kept in ``hit.extra["first_stage_score"]``.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from retrieval.protocols import Reranker
+
+# kind -> "module:Class"; each class has ``from_spec(model: str | None, **options)``; imported lazily.
+RERANKERS: dict[str, str] = {
+    "cross-encoder": "retrieval.rerank.cross_encoder:CrossEncoderReranker",
+    "llm-yesno": "retrieval.rerank.llm.pointwise:YesNoReranker",
+    "llm-rating": "retrieval.rerank.llm.pointwise:RatingReranker",
+    "llm-listwise": "retrieval.rerank.llm.listwise:ListwiseReranker",
+}
+
+
+def _call_with_options(factory: Any, kind: str, model: str | None, options: dict[str, Any]) -> Reranker:
+    try:
+        return factory(model, **options)
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise ValueError(f"reranker {kind!r}: {exc}; see retrieval.rerank.registry's docstring for its options") from None
+
+
+def load_reranker(spec: str, **options: Any) -> Reranker:
+    """Build a reranker from ``KIND[:MODEL]`` (see the module docstring); ``options`` tune it."""
+    kind, _, model = spec.partition(":")
+    if kind not in RERANKERS:
+        raise ValueError(f"unknown reranker {kind!r} in spec {spec!r}; choose one of {sorted(RERANKERS)}")
+    module, name = RERANKERS[kind].split(":")
+    factory = getattr(importlib.import_module(module), name).from_spec
+    return _call_with_options(factory, kind, model or None, options)
+
+
+def parse_option(text: str) -> tuple[str, Any]:
+    """``"window=10"`` -> ``("window", 10)``; values become int, float, bool or None when they read as one."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"reranker option {text!r}: expected KEY=VALUE")
+    lowered = raw.strip().lower()
+    if lowered in ("true", "false"):
+        return key.strip(), lowered == "true"
+    if lowered in ("none", "null"):
+        return key.strip(), None
+    for kind in (int, float):
+        try:
+            return key.strip(), kind(raw)
+        except ValueError:
+            pass
+    return key.strip(), raw
+
+
+def describe(reranker: Reranker) -> dict[str, Any]:
+    """A JSON-able summary (class and simple settings), for benchmark records."""
+    settings = {k: v for k, v in vars(reranker).items() if isinstance(v, (int, float, str, bool, type(None)))}
+    return {"class": type(reranker).__name__, **settings}

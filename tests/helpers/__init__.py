@@ -1,0 +1,1 @@
+"""Test helpers shared by several test modules: tiny models and fake encoders (tests never import each other)."""
