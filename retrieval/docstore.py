@@ -41,10 +41,10 @@ class DocStore:
                 raise DataError(f"document id {d.id!r} is already in the index")
             seen.add(d.id)
         first = len(self.ids)
-        for d in docs:
-            self._row[d.id] = len(self.ids)
-            self.ids.append(d.id)
-        self._mem.extend(docs)
+        # copy-on-write: a DocView taken before this call keeps seeing the old rows
+        self.ids = self.ids + [d.id for d in docs]
+        self._row.update((d.id, first + i) for i, d in enumerate(docs))
+        self._mem = self._mem + docs
         return list(range(first, len(self.ids)))
 
     def rows(self, ids: Sequence[str]) -> list[int]:
@@ -66,6 +66,10 @@ class DocStore:
         dropped = set(drop.tolist())
         self.ids = [d for i, d in enumerate(self.ids) if i not in dropped]
         self._row = {d: i for i, d in enumerate(self.ids)}
+
+    def view(self) -> "DocView":
+        """An immutable snapshot of the rows as they are now; later add/remove calls do not change it."""
+        return DocView(self.ids, self._starts, self._ends, self._mem, self._file)
 
     def __getitem__(self, row: int) -> Document:
         nf = len(self._starts)
@@ -108,3 +112,26 @@ class DocStore:
         store.ids = ids
         store._row = {d: i for i, d in enumerate(ids)}
         return store
+
+
+class DocView:
+    """A snapshot of a DocStore's rows: ids by row, and title/text read (from the mmap or memory) on demand.
+
+    Hits keep a view, so their text stays the text of their own document even if the store changes later.
+    """
+
+    __slots__ = ("ids", "_starts", "_ends", "_mem", "_file")
+
+    def __init__(self, ids: list[str], starts: np.ndarray, ends: np.ndarray, mem: list[Document],
+                 file: mmap.mmap | None) -> None:
+        self.ids, self._starts, self._ends, self._mem, self._file = ids, starts, ends, mem, file
+
+    def title_text(self, row: int) -> tuple[str, str]:
+        """(title, text) of one row."""
+        nf = len(self._starts)
+        if row < nf and self._file is not None:
+            rec = json.loads(self._file[int(self._starts[row]):int(self._ends[row])])
+            return rec.get("title", ""), rec.get("text", "")
+        doc = self._mem[row - nf]
+        return doc.title, doc.text
+

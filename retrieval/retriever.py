@@ -7,11 +7,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from retrieval.data import iter_documents
-from retrieval.docstore import DocStore
+from retrieval.docstore import DocStore, DocView
+from retrieval.hits import HitList
 from retrieval.errors import IndexFormatError
 from retrieval.persistence import atomic_dir, read_manifest, write_manifest
 from retrieval.protocols import Reranker, RowHits, Searcher
+from retrieval.rwlock import ReadWriteLock
 from retrieval.types import Hit, Run
 
 logger = logging.getLogger(__name__)
@@ -34,6 +38,28 @@ def searcher_class(method: str) -> type:
     return getattr(importlib.import_module(module), name)
 
 
+def check_k(k: object, name: str = "k") -> int:
+    """``k`` as a positive int; bools, floats, strings and None are refused with a clear message."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise TypeError(f"{name} must be a positive int, got {k!r} ({type(k).__name__})")
+    if k < 1:
+        raise ValueError(f"{name} must be >= 1, got {k}")
+    return int(k)
+
+
+def check_queries(queries: object) -> list[str]:
+    """A list of query strings from any iterable (a generator is read once); other types are refused."""
+    if isinstance(queries, (str, bytes)):
+        raise TypeError("retrieve_batch takes a list of query strings; use retrieve() for one")
+    if not isinstance(queries, Iterable):
+        raise TypeError(f"retrieve_batch takes a list of query strings, got {type(queries).__name__}")
+    out = list(queries)
+    for i, q in enumerate(out):
+        if not isinstance(q, str):
+            raise TypeError(f"query {i} is a {type(q).__name__}, not a str: {q!r:.60}")
+    return out
+
+
 class Retriever:
     """A document collection with one first stage and an optional reranker."""
 
@@ -42,7 +68,8 @@ class Retriever:
         self.searcher = searcher
         self.docs = docs
         self.reranker = reranker
-        self.rerank_depth = rerank_depth
+        self.rerank_depth = check_k(rerank_depth, "rerank_depth")
+        self._lock = ReadWriteLock()  # retrieve() calls run together; add()/remove() run alone
 
     @classmethod
     def from_documents(cls, documents: str | Path | Iterable[Any], method: str = "bm25", *,
@@ -64,57 +91,70 @@ class Retriever:
     def __len__(self) -> int:
         return len(self.docs)
 
-    def _hits(self, row_hits: RowHits) -> list[Hit]:
-        rows, scores = row_hits
-        hits = []
-        for rank, (row, score) in enumerate(zip(rows.tolist(), scores.tolist()), start=1):
-            doc = self.docs[row]
-            hits.append(Hit(id=doc.id, score=float(score), text=doc.text, rank=rank, title=doc.title))
-        return hits
-
-    def _finish(self, query: str, hits: list[Hit], k: int) -> list[Hit]:
-        if self.reranker is not None and hits:
-            hits = self.reranker.rerank(query, hits)
-        hits = hits[:k]
-        for rank, hit in enumerate(hits, start=1):
+    def _finish(self, query: str, hits: HitList, k: int) -> Sequence[Hit]:
+        if self.reranker is None or not len(hits):
+            return hits if len(hits) <= k else HitList(hits._rows[:k], hits._scores[:k], hits._view)
+        reranked = self.reranker.rerank(query, hits.to_list())[:k]
+        for rank, hit in enumerate(reranked, start=1):
             hit.rank = rank
-        return hits
+        return reranked
 
-    def retrieve(self, query: str, k: int = 10) -> list[Hit]:
-        """The ``k`` best documents for ``query``, best first (reranked when a reranker is set)."""
+    def _search(self, queries: Sequence[str], k: int) -> tuple[list[RowHits], DocView]:
+        """First-stage rows and a snapshot of the documents, taken together under the read lock."""
+        with self._lock.read():
+            return self.searcher.search(queries, k), self.docs.view()
+
+    def retrieve(self, query: str, k: int = 10) -> Sequence[Hit]:
+        """The ``k`` best documents for ``query``, best first (reranked when a reranker is set).
+
+        Returns a :class:`~retrieval.hits.HitList` (a sequence of :class:`Hit`; texts are read on first use).
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"retrieve takes one query string, got {type(query).__name__}; "
+                            "use retrieve_batch() for several")
         return self.retrieve_batch([query], k)[0]
 
-    def retrieve_batch(self, queries: Sequence[str], k: int = 10) -> list[list[Hit]]:
+    def retrieve_batch(self, queries: Iterable[str], k: int = 10) -> list[Sequence[Hit]]:
         """``retrieve`` for many queries at once; the first stage batches them (and uses all cores)."""
-        if isinstance(queries, str):
-            raise TypeError("retrieve_batch takes a list of queries; use retrieve() for one")
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
+        queries = check_queries(queries)
+        k = check_k(k)
         depth = max(k, self.rerank_depth) if self.reranker is not None else k
-        results = self.searcher.search(list(queries), depth)
-        return [self._finish(q, self._hits(r), k) for q, r in zip(queries, results)]
+        results, view = self._search(queries, depth)
+        return [self._finish(q, HitList(rows, scores, view), k) for q, (rows, scores) in zip(queries, results)]
 
     def run(self, queries: Mapping[str, str], k: int = 100) -> Run:
-        """A BEIR-style run ``{qid: {docid: score}}`` for evaluation."""
+        """A BEIR-style run ``{qid: {docid: score}}`` for evaluation (reads no document text)."""
+        if not isinstance(queries, Mapping):
+            raise TypeError(f"run takes a mapping {{query_id: text}}, got {type(queries).__name__}")
         qids = list(queries)
-        results = self.retrieve_batch([queries[q] for q in qids], k)
-        return {qid: {h.id: h.score for h in hits} for qid, hits in zip(qids, results)}
+        if self.reranker is not None:
+            results = self.retrieve_batch([queries[q] for q in qids], k)
+            return {qid: {h.id: float(h.score) for h in hits} for qid, hits in zip(qids, results)}
+        texts = check_queries([queries[q] for q in qids])
+        rows_scores, view = self._search(texts, check_k(k))
+        ids = view.ids
+        return {qid: dict(zip([ids[r] for r in rows.tolist()], scores.tolist()))
+                for qid, (rows, scores) in zip(qids, rows_scores)}
 
     def add(self, documents: str | Path | Iterable[Any]) -> None:
         """Add documents after build; ids must be new."""
         docs = list(iter_documents(documents))
-        self.docs.add(docs)
-        try:
-            self.searcher.add(docs)
-        except BaseException:
-            self.docs.remove(self.docs.rows([d.id for d in docs]))
-            raise
+        with self._lock.write():
+            self.docs.add(docs)
+            try:
+                self.searcher.add(docs)
+            except BaseException:
+                self.docs.remove(self.docs.rows([d.id for d in docs]))
+                raise
 
     def remove(self, ids: Sequence[str]) -> None:
         """Remove documents by id."""
-        rows = self.docs.rows(list(ids))
-        self.searcher.remove(rows)
-        self.docs.remove(rows)
+        if isinstance(ids, str):
+            raise TypeError("remove takes a list of document ids, not one string")
+        with self._lock.write():
+            rows = self.docs.rows(list(ids))
+            self.searcher.remove(rows)
+            self.docs.remove(rows)
 
     def save(self, path: str | Path) -> Path:
         """Write the index folder atomically: ``manifest.json``, the documents and the stage's files."""

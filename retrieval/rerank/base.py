@@ -5,7 +5,6 @@ set to its own score and the first stage's score kept in ``hit.extra["first_stag
 """
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
@@ -40,7 +39,7 @@ def apply_scores(hits: Sequence[Hit], scores: Sequence[float]) -> list[Hit]:
     for rank, (hit, score, reranked) in enumerate(ranked, start=1):
         extra = {**hit.extra, "reranked": reranked}
         extra.setdefault("first_stage_score", hit.score)
-        out.append(dataclasses.replace(hit, score=score, rank=rank, extra=extra))
+        out.append(hit.replace(score=score, rank=rank, extra=extra))
     return out
 
 
