@@ -11,15 +11,15 @@ or a local model (alias such as ``smollm2``, a folder, a ``.gguf`` file, or a hu
 """
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import math
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -27,6 +27,8 @@ from tqdm.auto import tqdm
 from retrieval.errors import LLMError, MissingDependency
 from retrieval.models import resolve_model
 from retrieval.rerank.llm.prompts import Messages, render_plain
+from retrieval.rerank.llm.replies import choice_scores, logsumexp, model_id, parse_json, reply_text
+from retrieval.rerank.llm.transport import Limits, Retryable, backoff_delay, http_call
 
 logger = logging.getLogger(__name__)
 
@@ -38,13 +40,6 @@ class LLMBackend(Protocol):
     def choice_logprobs(self, prompts: Sequence[Messages], choices: Sequence[str]) -> np.ndarray: ...
 
     def complete(self, prompt: Messages, max_tokens: int) -> str: ...
-
-
-def _logsumexp(values: Sequence[float]) -> float:
-    top = max(values)
-    if top == -math.inf:
-        return -math.inf
-    return top + math.log(sum(math.exp(v - top) for v in values))
 
 
 def choice_token_ids(tokenizer: Any, choice: str) -> list[int]:
@@ -71,8 +66,8 @@ class HFCausalLM:
                  show_progress: bool = False) -> None:
         self.model = model.eval()
         self.tokenizer = tokenizer
-        self.batch_size = batch_size
-        self.max_length = max_length
+        self.batch_size = _count("batch_size", batch_size, minimum=1)
+        self.max_length = _count("max_length", max_length, minimum=1)
         self.show_progress = show_progress
         tokenizer.padding_side = "left"
         tokenizer.truncation_side = "left"  # keep the question and the answer cue at the end
@@ -134,7 +129,7 @@ class HFCausalLM:
         full = self.next_token_logprobs(prompts)
         out = np.empty((len(prompts), len(choices)), dtype=np.float64)
         for j, token_ids in enumerate(ids):
-            out[:, j] = [_logsumexp(row[token_ids].tolist()) for row in full]
+            out[:, j] = [logsumexp(row[token_ids].tolist()) for row in full]
         return out
 
     def complete(self, prompt: Messages, max_tokens: int) -> str:
@@ -149,31 +144,40 @@ class HFCausalLM:
         return self.tokenizer.decode(output[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-RETRY_STATUS = {408, 429, 500, 502, 503, 504}
-
-
 class OpenAIBackend:
-    """An OpenAI-compatible ``/chat/completions`` server over stdlib HTTP, with timeouts and retries.
+    """An OpenAI-compatible ``/chat/completions`` server over stdlib HTTP, bounded and retried.
 
     Choice log-probs come from ``logprobs``/``top_logprobs`` of a one-token reply; a choice missing from
     the top list gets ``floor_margin`` below the least likely listed token. Servers that return no
     log-probs fall back to the reply text (the named choice gets log-prob 0).
+
+    Each attempt has a total deadline of ``timeout`` seconds (connect, send, headers, the whole body and
+    any redirects, see :mod:`~retrieval.rerank.llm.transport`); a retry gets a fresh ``timeout``, so one
+    call takes at most ``(retries + 1) * timeout`` plus the backoff sleeps. Replies over ``max_reply_bytes``
+    are refused without being read. Redirects are followed only within the same origin (scheme, host, port),
+    at most ``max_redirects`` hops, and a POST only through 307/308: the API key never leaves the origin.
+    Every wrong-shaped reply is an :class:`LLMError` naming the URL and the field.
     """
 
     def __init__(self, base_url: str, model: str | None = None, *, api_key: str | None = None,
                  timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, top_logprobs: int = 20,
-                 concurrency: int = 4, floor_margin: float = 1.0, show_progress: bool = False) -> None:
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
-        self.base_url = base_url.rstrip("/")
+                 concurrency: int = 4, floor_margin: float = 1.0, max_reply_bytes: int = 16 * 2**20,
+                 max_redirects: int = 3, show_progress: bool = False) -> None:
+        self.base_url = _checked_base_url(base_url)
+        if model is not None and (not isinstance(model, str) or not model.strip()):
+            raise ValueError(f"model must be a non-empty string or None, got {model!r}")
+        if api_key is not None and (not isinstance(api_key, str) or not api_key.isprintable()):
+            raise ValueError("api_key must be a string of printable characters (no newlines)")
         self._model = model
         self.api_key = api_key
-        self.timeout = timeout
-        self.retries = retries
-        self.backoff = backoff
-        self.top_logprobs = top_logprobs
-        self.concurrency = max(1, concurrency)
-        self.floor_margin = floor_margin
+        self.timeout = _positive("timeout", timeout)
+        self.retries = _count("retries", retries, minimum=0)
+        self.backoff = _positive("backoff", backoff, allow_zero=True)
+        self.top_logprobs = _count("top_logprobs", top_logprobs, minimum=1)
+        self.concurrency = _count("concurrency", concurrency, minimum=1)
+        self.floor_margin = _positive("floor_margin", floor_margin, allow_zero=True)
+        self.max_reply_bytes = _count("max_reply_bytes", max_reply_bytes, minimum=1)
+        self.max_redirects = _count("max_redirects", max_redirects, minimum=0)
         self.show_progress = show_progress
         self._warned_no_logprobs = False
 
@@ -183,82 +187,54 @@ class OpenAIBackend:
         url, _, model = spec.partition("#")
         return cls(url, model or None, **options)
 
-    def _request(self, path: str, payload: dict[str, Any] | None = None) -> dict[str, Any]:
+    def _request(self, path: str, payload: dict[str, Any] | None = None) -> Any:
+        """The parsed JSON reply to ``path``, retrying what a retry can fix; LLMError otherwise."""
         url = f"{self.base_url}{path}"
-        data = json.dumps(payload).encode("utf-8") if payload is not None else None
-        headers = {"Content-Type": "application/json"}
+        data = json.dumps(payload, allow_nan=False).encode("utf-8") if payload is not None else None
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        limits = Limits(self.timeout, self.max_reply_bytes, self.max_redirects)
         last = ""
         for attempt in range(self.retries + 1):
             if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            request = urllib.request.Request(url, data=data, headers=headers, method="POST" if data else "GET")
+                time.sleep(backoff_delay(self.backoff, attempt))
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    body = response.read()
-            except urllib.error.HTTPError as exc:
-                detail = exc.read()[:300].decode("utf-8", "replace")
-                if exc.code not in RETRY_STATUS:
-                    raise LLMError(f"{url}: HTTP {exc.code}: {detail}") from None
-                last = f"HTTP {exc.code}: {detail}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-                last = f"{type(exc).__name__}: {getattr(exc, 'reason', exc)}"
-            else:
-                try:
-                    return json.loads(body)
-                except json.JSONDecodeError as exc:
-                    raise LLMError(f"{url}: reply is not JSON ({exc.msg}): {body[:200]!r}") from None
-            logger.warning("%s: attempt %d/%d failed: %s", url, attempt + 1, self.retries + 1, last)
+                body = http_call(url, "POST" if data is not None else "GET", data, headers, limits)
+            except Retryable as exc:
+                last = str(exc)
+                logger.warning("%s: attempt %d/%d failed: %s", url, attempt + 1, self.retries + 1, last)
+                continue
+            return parse_json(body, url)
         raise LLMError(f"{url}: failed after {self.retries + 1} attempts; last error: {last}")
 
     @property
     def model(self) -> str:
         """The model name sent with each request; asked from ``/models`` once when not given."""
         if self._model is None:
-            listing = self._request("/models")
-            try:
-                self._model = str(listing["data"][0]["id"])
-            except (KeyError, IndexError, TypeError):
-                raise LLMError(f"{self.base_url}/models: no model listed; name one as URL#MODEL") from None
+            self._model = model_id(self._request("/models"), f"{self.base_url}/models")
         return self._model
 
-    def _chat(self, prompt: Messages, **params: Any) -> dict[str, Any]:
-        reply = self._request("/chat/completions", {"model": self.model, "messages": prompt,
-                                                    "temperature": 0, **params})
-        try:
-            return reply["choices"][0]
-        except (KeyError, IndexError, TypeError):
-            raise LLMError(f"{self.base_url}/chat/completions: reply has no choices: {str(reply)[:200]}") from None
+    def _chat(self, prompt: Messages, **params: Any) -> Any:
+        return self._request("/chat/completions", {"model": self.model, "messages": prompt,
+                                                   "temperature": 0, **params})
 
     def complete(self, prompt: Messages, max_tokens: int) -> str:
         """The greedy (temperature 0) reply text."""
-        content = (self._chat(prompt, max_tokens=max_tokens).get("message") or {}).get("content")
-        if not isinstance(content, str):
-            raise LLMError(f"{self.base_url}/chat/completions: reply has no message content")
-        return content
+        return reply_text(self._chat(prompt, max_tokens=max_tokens), f"{self.base_url}/chat/completions")
 
     def _one_choice_logprobs(self, prompt: Messages, choices: Sequence[str]) -> list[float]:
-        choice = self._chat(prompt, max_tokens=1, logprobs=True, top_logprobs=self.top_logprobs)
-        content = (choice.get("logprobs") or {}).get("content") or []
-        top = content[0].get("top_logprobs") if content else None
-        if not top:
-            return self._from_text((choice.get("message") or {}).get("content") or "", choices)
-        listed: dict[str, list[float]] = {}
-        for entry in top:
-            listed.setdefault(str(entry["token"]).strip().lower(), []).append(float(entry["logprob"]))
-        floor = min(float(e["logprob"]) for e in top) - self.floor_margin
-        return [_logsumexp(listed[c.lower()]) if c.lower() in listed else floor for c in choices]
-
-    def _from_text(self, text: str, choices: Sequence[str]) -> list[float]:
-        if not self._warned_no_logprobs:
+        reply = self._chat(prompt, max_tokens=1, logprobs=True, top_logprobs=self.top_logprobs)
+        scores, from_text = choice_scores(reply, f"{self.base_url}/chat/completions", choices, self.floor_margin)
+        if from_text and not self._warned_no_logprobs:
             logger.warning("%s returns no logprobs; scoring from the reply text (coarse)", self.base_url)
             self._warned_no_logprobs = True
-        word = text.strip().split()[0].strip(".,:;!").lower() if text.strip() else ""
-        return [0.0 if c.lower() == word else -self.floor_margin - 20.0 for c in choices]
+        return scores
 
     def choice_logprobs(self, prompts: Sequence[Messages], choices: Sequence[str]) -> np.ndarray:
         """One one-token request per prompt, ``concurrency`` at a time."""
+        if not prompts:
+            return np.zeros((0, len(choices)), dtype=np.float64)
         self.model  # resolve once before the threads start
         with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
             rows = list(tqdm(pool.map(lambda p: self._one_choice_logprobs(p, choices), prompts),
@@ -266,8 +242,59 @@ class OpenAIBackend:
         return np.array(rows, dtype=np.float64).reshape(len(prompts), len(choices))
 
 
+def _checked_base_url(base_url: Any) -> str:
+    """``base_url`` without a trailing slash, once it is an http(s) URL with a host; else ValueError."""
+    if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+        raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+    if not base_url.isascii() or any(c.isspace() or not c.isprintable() for c in base_url):
+        raise ValueError(f"base_url must be printable ASCII without spaces, got {base_url!r}")
+    parts = urlsplit(base_url)
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError(f"base_url has a bad port: {base_url!r}") from None
+    if not parts.hostname or "@" in parts.netloc or parts.query or parts.fragment:
+        raise ValueError(f"base_url must be http(s)://HOST[:PORT][/PATH] (no credentials or query), got {base_url!r}")
+    return base_url.rstrip("/")
+
+
+def _positive(name: str, value: Any, allow_zero: bool = False) -> float:
+    """``value`` as a finite float > 0 (>= 0 with ``allow_zero``); else ValueError naming the option."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return float(value)
+
+
+def _count(name: str, value: Any, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``; else ValueError naming the option."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _option_names(factory: Any, skip: set[str]) -> set[str]:
+    return set(inspect.signature(factory).parameters) - skip - {"self", "options"}
+
+
 def load_backend(model: str = "smollm2", **options: Any) -> LLMBackend:
-    """An HTTP backend for ``http(s)://...[#model]``, else a local :class:`HFCausalLM`; ``options`` go to it."""
-    if model.startswith(("http://", "https://")):
+    """An HTTP backend for ``http(s)://...[#model]``, else a local :class:`HFCausalLM`; ``options`` go to it.
+
+    An option the chosen backend does not take is a ValueError naming it and listing those it takes.
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"model must be a non-empty string, got {model!r}")
+    is_http = model.startswith(("http://", "https://"))
+    if is_http:
+        known = _option_names(OpenAIBackend.__init__, {"base_url", "model"})
+    else:
+        known = _option_names(HFCausalLM.from_pretrained, {"name"}) | _option_names(HFCausalLM.__init__,
+                                                                                    {"model", "tokenizer"})
+    unknown = sorted(set(options) - known)
+    if unknown:
+        kind = "HTTP" if is_http else "local"
+        raise ValueError(f"unknown option(s) {unknown} for the {kind} LLM backend; it takes {sorted(known)}")
+    if is_http:
         return OpenAIBackend.from_spec(model, **options)
     return HFCausalLM.from_pretrained(model, **options)
