@@ -1,8 +1,14 @@
 """Metrics: equal to raw pytrec_eval, BEIR's averaging and MRR, self-hit removal, run file round trips."""
 from __future__ import annotations
 
+import gzip
+import logging
 import math
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 import pytrec_eval
 
@@ -114,3 +120,126 @@ def test_scifact_bm25_equals_raw_pytrec_eval(scifact_dir) -> None:
     assert abs(ours["nDCG@10"] - _raw_pytrec(data.qrels, run, "ndcg_cut_10")) < 1e-9
     assert abs(ours["Recall@100"] - _raw_pytrec(data.qrels, run, "recall_100")) < 1e-9
     assert ours["nDCG@10"] >= 0.686
+
+
+# --- issue #12: run files (defect 14) and the hardening of run/qrels reading and cleaning -----------
+
+
+@pytest.mark.parametrize("run, tag, words", [
+    ({"q 1": {"d1": 1.0}}, "t", "query id 'q 1' is empty or contains whitespace"),
+    ({"q1": {"doc\t7": 1.0}}, "t", "query 'q1': document id 'doc\\\\t7' is empty or contains whitespace"),
+    ({"q1": {"": 1.0}}, "t", "document id '' is empty"),
+    ({"q1": {"d\u00a0x": 1.0}}, "t", "document id 'd\\\\xa0x' is empty or contains whitespace"),  # no-break space
+    ({"q1": {"d1": 1.0}}, "my run", "tag 'my run' is empty or contains whitespace"),
+    ({"q1": {"d\ud800": 1.0}}, "t", "lone surrogate"),
+    ({"q1": {"d1": math.nan}}, "t", "score is NaN"),
+    ({"q1": {"d1": "high"}}, "t", "score 'high' is not a number"),
+])
+def test_trec_writer_refuses_what_it_cannot_write(tmp_path, run, tag, words) -> None:
+    """Defect 14: ids with whitespace made lines no TREC tool can parse. Nothing is written, an old file survives."""
+    out = tmp_path / "run.trec"
+    out.write_text("q0 Q0 d0 1 1.0 old\n")
+    with pytest.raises(DataError, match=words) as err:
+        write_trec_run(run, out, tag=tag)
+    assert str(out) in str(err.value)
+    assert out.read_text() == "q0 Q0 d0 1 1.0 old\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.trec"]  # no temp file left behind
+
+
+def test_json_writer_refuses_nan_and_writes_atomically(tmp_path) -> None:
+    out = tmp_path / "run.json"
+    with pytest.raises(DataError, match="query 'q', document 'd': score is NaN"):
+        write_run({"q": {"d": math.nan}}, out)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+    write_run({"q": {"b": 1.0, "a": math.inf}}, out)
+    assert list(read_run(out)["q"].items()) == [("b", 1.0), ("a", math.inf)]  # order kept
+
+
+@pytest.mark.parametrize("content, words", [
+    ("q1 Q0 d1 1 0.5 t\nq1 Q0 d2 2 0.4\n", "line 2: expected 'qid Q0 docid rank score tag', got 5 fields"),
+    ("q1 Q0 d1 1 0.5 t\n\nq1 Q0 d2 2 0.4 t extra\n", "line 3: expected .* got 7 fields"),
+    ("q1 Q0 d1 1 nan t\n", "line 1, field 'score': score is NaN"),
+    ("q1 Q0 d1 1 0.5 t\nq1 Q0 d1 2 0.4 t\n", "line 2: document 'd1' is listed again for query 'q1' with another score"),
+    ("q1 Q0 d\x001 1 0.5 t\n", "line 1, field 'docid': id 'd\\\\x001' contains a NUL"),
+])
+def test_trec_run_reader_names_the_line(tmp_path, content, words) -> None:
+    (tmp_path / "r.trec").write_text(content)
+    with pytest.raises(DataError, match=rf"r.trec, {words}"):
+        read_run(tmp_path / "r.trec")
+
+
+def test_trec_run_repeated_identical_lines_are_counted(tmp_path, caplog) -> None:
+    (tmp_path / "r.trec").write_text("q1 Q0 d1 1 0.5 t\nq1 Q0 d1 1 0.5 t\nq1 Q0 d2 2 0.25 t\n")
+    with caplog.at_level(logging.WARNING, logger="retrieval.eval.metrics"):
+        assert read_run(tmp_path / "r.trec") == {"q1": {"d1": 0.5, "d2": 0.25}}
+    assert "1 repeated lines (same query, document and score) were kept once" in caplog.text
+
+
+@pytest.mark.parametrize("raw, words", [
+    (b'{"q": {"d": 1.0}}\xff', "line 1: not valid UTF-8"),
+    (b'{"q": {"d": 1.0, "d": 2.0}}', "key 'd' appears twice in one object"),
+    (b'{"q": {"d": 1.0}, "q": {"e": 1.0}}', "key 'q' appears twice in one object"),
+    (b'{"q": {"d": true}}', "query 'q', document 'd': score must be a number, got bool"),
+    (b'{"q": {"d": "1.0"}}', "score must be a number, got str"),
+    (b'{"q": {"d": 1' + b"0" * 400 + b"}}", "score is out of range"),
+    (b'{"q": {"d": 1' + b"0" * 5000 + b"}}", "unreadable JSON"),
+    (b'{"q": {"d": NaN}}', "score is NaN"),
+    (b"[" * 100_000, "unreadable JSON \\(RecursionError"),
+    (b'{"q": [1, 2]}', "query 'q': expected {docid: number}, got list"),
+    (b'{"q\\ud800": {"d": 1}}', "field 'qid': lone surrogate"),
+    (b'{"q": {"d\\u0000": 1}}', "query 'q', field 'docid': id .* contains a NUL"),
+    (b"", "file is empty"),
+], ids=["non-utf8", "dup-doc", "dup-query", "bool", "str", "huge-int", "5000-digits", "nan", "deep-nesting",
+        "list", "surrogate", "nul", "empty"])
+def test_json_run_reader_names_the_file(tmp_path, raw, words) -> None:
+    (tmp_path / "r.json").write_bytes(raw)
+    with pytest.raises(DataError, match=rf"r.json[,:] .*{words}"):
+        read_run(tmp_path / "r.json")
+
+
+def test_gzip_trec_run_errors_name_the_file(tmp_path) -> None:
+    data = gzip.compress(b"".join(b"q1 Q0 d%d %d 1.0 t\n" % (i, i + 1) for i in range(500)))
+    (tmp_path / "r.trec.gz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match=r"r.trec.gz: gzip file is truncated"):
+        read_run(tmp_path / "r.trec.gz")
+
+
+@pytest.mark.parametrize("qrels, run, words", [
+    ({"q": {"a\x00x": 1}}, {"q": {"a\x00y": 1.0}}, "contains a NUL"),           # pytrec_eval would judge 'a' == 'a'
+    ({"q": {"d": 2**40}}, {"q": {"d": 1.0}}, "out of range"),                    # pytrec_eval silently scores 0
+    ({"q": {"d": math.inf}}, {"q": {"d": 1.0}}, "is not an integer"),
+    ({"q": {"d": math.nan}}, {"q": {"d": 1.0}}, "is not an integer"),
+    ({"q": ["d"]}, {"q": {"d": 1.0}}, "qrels\\['q'\\]: expected {docid: grade}, got list"),
+    ({"q": {"d": 1}}, {"q": {"d": "x"}}, "run\\['q'\\]\\['d'\\]: score 'x' is not a number"),
+    ({"q": {"d": 1}}, {"q": {"d": None}}, "score None is not a number"),
+])
+def test_evaluate_names_bad_ids_and_values(qrels, run, words) -> None:
+    with pytest.raises(ValueError, match=words):
+        evaluate(qrels, run, (10,))
+
+
+SURROGATE_CHILD = """
+from retrieval.eval.metrics import evaluate
+for qrels, run in [({"q\\ud800": {"d": 1}}, {"q\\ud800": {"d": 1.0}}), ({"q": {"d": 1}}, {"q": {"d\\udfff": 1.0}})]:
+    try:
+        evaluate(qrels, run, (10,))
+    except ValueError as exc:
+        print(exc)
+"""
+
+
+def test_surrogate_ids_never_reach_pytrec_eval() -> None:
+    """pytrec_eval segfaults on an id holding a lone surrogate: run in a child so a regression cannot kill pytest."""
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", SURROGATE_CHILD], cwd=repo, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, f"child died with {done.returncode}: {done.stderr[-2000:]}"
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2
+    assert lines[0].startswith("qrels, field 'qid': lone surrogate U+D800")
+    assert lines[1].startswith("run['q'], field 'docid': lone surrogate U+DFFF")
+
+
+def test_evaluate_accepts_numpy_numbers() -> None:
+    qrels = {"q": {"d": np.int64(1)}}
+    assert evaluate(qrels, {"q": {"d": np.float32(0.5)}}, (1,))["nDCG@1"] == 1.0

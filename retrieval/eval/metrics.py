@@ -13,10 +13,16 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Iterable, Mapping
+import numbers
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TextIO
 
-from retrieval.errors import MissingDependency
+from retrieval.data import check_id, iter_lines
+from retrieval.errors import DataError, MissingDependency
 from retrieval.types import Qrels, Run
 
 logger = logging.getLogger(__name__)
@@ -24,6 +30,7 @@ logger = logging.getLogger(__name__)
 MEASURES = ("nDCG", "MAP", "Recall", "P", "MRR")
 DEFAULT_K = (1, 10, 100)
 _TREC_NAMES = {"ndcg_cut": "nDCG", "map_cut": "MAP", "recall": "Recall", "P": "P"}
+_GRADE_RANGE = (-(2**31), 2**31 - 1)  # pytrec_eval stores grades as C ints; larger ones silently score 0
 
 
 def _pytrec_eval():
@@ -41,30 +48,46 @@ def _check_k(k_values: Iterable[int]) -> list[int]:
     return ks
 
 
+def _clean_grade(grade: Any, where: str) -> int:
+    ok = isinstance(grade, numbers.Real) and not isinstance(grade, bool) and math.isfinite(grade)
+    if not ok or int(grade) != grade:
+        raise ValueError(f"{where}: relevance grade {grade!r} is not an integer")
+    if not _GRADE_RANGE[0] <= int(grade) <= _GRADE_RANGE[1]:
+        raise ValueError(f"{where}: relevance grade {grade!r} is out of range (pytrec_eval uses 32-bit ints)")
+    return int(grade)
+
+
 def _clean_qrels(qrels: Qrels) -> Qrels:
     """pytrec_eval needs int grades; reject anything else early with the query and document named."""
     out: Qrels = {}
     for qid, docs in qrels.items():
-        row = {}
-        for did, grade in docs.items():
-            if isinstance(grade, bool) or not isinstance(grade, (int, float)) or int(grade) != grade:
-                raise ValueError(f"qrels[{qid!r}][{did!r}]: relevance grade {grade!r} is not an integer")
-            row[str(did)] = int(grade)
-        out[str(qid)] = row
+        if not isinstance(docs, Mapping):
+            raise ValueError(f"qrels[{qid!r}]: expected {{docid: grade}}, got {type(docs).__name__}")
+        row = {check_id(str(did), f"qrels[{qid!r}]", "docid"): _clean_grade(grade, f"qrels[{qid!r}][{did!r}]")
+               for did, grade in docs.items()}
+        out[check_id(str(qid), "qrels", "qid")] = row
     return out
+
+
+def _clean_score(score: Any, where: str) -> float:
+    try:
+        value = float(score)
+    except (TypeError, ValueError, OverflowError):
+        raise ValueError(f"{where}: score {score!r} is not a number") from None
+    if math.isnan(value):
+        raise ValueError(f"{where}: score is NaN")
+    return value
 
 
 def _clean_run(run: Run) -> Run:
     """pytrec_eval needs float scores; NaN would silently corrupt the ranking, so it is an error."""
     out: Run = {}
     for qid, docs in run.items():
-        row = {}
-        for did, score in docs.items():
-            value = float(score)
-            if math.isnan(value):
-                raise ValueError(f"run[{qid!r}][{did!r}]: score is NaN")
-            row[str(did)] = value
-        out[str(qid)] = row
+        if not isinstance(docs, Mapping):
+            raise ValueError(f"run[{qid!r}]: expected {{docid: score}}, got {type(docs).__name__}")
+        row = {check_id(str(did), f"run[{qid!r}]", "docid"): _clean_score(score, f"run[{qid!r}][{did!r}]")
+               for did, score in docs.items()}
+        out[check_id(str(qid), "run", "qid")] = row
     return out
 
 
@@ -121,55 +144,154 @@ def evaluate(qrels: Qrels, run: Run, k_values: Iterable[int] = DEFAULT_K,
     return out
 
 
+@contextmanager
+def _atomic_text(path: Path) -> Iterator[TextIO]:
+    """Write a text file beside ``path`` and rename it over ``path`` only once it is complete."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with tmp.open("x", encoding="utf-8", newline="\n") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _trec_token(value: Any, what: str, where: str) -> str:
+    """An id or tag as written in a TREC file: one non-empty word of valid Unicode, or a DataError naming it."""
+    text = str(value)
+    if text.split() != [text]:
+        raise DataError(f"{where}: {what} {text!r} is empty or contains whitespace; TREC run files are "
+                        "whitespace-separated, so it cannot be written (rename it, or write a .json run)")
+    return check_id(text, where, what)
+
+
+def _scores(docs: Any, where: str) -> list[tuple[Any, float]]:
+    """A query's ``(docid, score)`` pairs in the given order, every score a number (NaN refused) for writing."""
+    if not isinstance(docs, Mapping):
+        raise DataError(f"{where}: expected {{docid: score}}, got {type(docs).__name__}")
+    try:
+        return [(did, _clean_score(score, f"{where}, document {did!r}")) for did, score in docs.items()]
+    except ValueError as exc:
+        raise DataError(str(exc)) from None
+
+
 def write_trec_run(run: Run, path: str | Path, tag: str = "retrievekit") -> None:
-    """Write a run in TREC format: ``qid Q0 docid rank score tag``, best first."""
+    """Write a run in TREC format: ``qid Q0 docid rank score tag``, best first (atomically).
+
+    Ids and the tag must be single words (TREC files are whitespace-separated): anything else is a
+    :class:`DataError` naming the id, and no file is written.
+    """
     path = Path(path)
-    with path.open("w", encoding="utf-8") as fh:
+    tag = _trec_token(tag, "tag", str(path))
+    with _atomic_text(path) as fh:
         for qid, docs in run.items():
-            ranked = sorted(docs.items(), key=lambda x: x[1], reverse=True)
+            where = f"{path}: query {qid!r}"
+            q = _trec_token(qid, "query id", str(path))
+            ranked = sorted(_scores(docs, where), key=lambda x: x[1], reverse=True)
             for rank, (did, score) in enumerate(ranked, start=1):
-                fh.write(f"{qid} Q0 {did} {rank} {float(score)!r} {tag}\n")
+                fh.write(f"{q} Q0 {_trec_token(did, 'document id', where)} {rank} {score!r} {tag}\n")
+
+
+def _trec_score(text: str, path: Path, n: int) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise DataError(f"{path}, line {n}, field 'score': {text[:40]!r} is not a number") from None
+    if math.isnan(value):
+        raise DataError(f"{path}, line {n}, field 'score': score is NaN")
+    return value
 
 
 def read_trec_run(path: str | Path) -> Run:
-    """Read a TREC-format run file (``qid Q0 docid rank score tag``)."""
-    from retrieval.data import DataError, iter_lines
+    """Read a TREC-format run file (``qid Q0 docid rank score tag``).
 
+    A document listed twice for a query is an error naming the line if the scores differ, and is
+    kept once (counted in a warning) if they are equal.
+    """
     path = Path(path)
     run: Run = {}
+    repeats = 0
     for n, line in iter_lines(path):
         parts = line.split()
         if not parts:
             continue
         if len(parts) != 6:
             raise DataError(f"{path}, line {n}: expected 'qid Q0 docid rank score tag', got {len(parts)} fields")
-        try:
-            run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
-        except ValueError:
-            raise DataError(f"{path}, line {n}, field 'score': {parts[4]!r} is not a number") from None
+        qid = check_id(parts[0], f"{path}, line {n}", "qid")
+        did, score = check_id(parts[2], f"{path}, line {n}", "docid"), _trec_score(parts[4], path, n)
+        row = run.setdefault(qid, {})
+        if did in row and row[did] != score:
+            raise DataError(f"{path}, line {n}: document {did!r} is listed again for query {qid!r} "
+                            f"with another score ({score!r}, before {row[did]!r})")
+        repeats += did in row
+        row[did] = score
+    if repeats:
+        logger.warning("%s: %d repeated lines (same query, document and score) were kept once", path, repeats)
     return run
 
 
 def write_json_run(run: Run, path: str | Path) -> None:
-    """Write a run as one JSON object ``{qid: {docid: score}}``."""
-    Path(path).write_text(json.dumps(run), encoding="utf-8")
+    """Write a run as one JSON object ``{qid: {docid: score}}`` (atomically; NaN scores are refused)."""
+    path = Path(path)
+    clean = {str(qid): {str(did): score for did, score in _scores(docs, f"{path}: query {qid!r}")}
+             for qid, docs in run.items()}
+    with _atomic_text(path) as fh:
+        fh.write(json.dumps(clean))
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for json.loads: a key repeated in one object (a query or document listed twice) is an error."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        keys = [k for k, _ in pairs]
+        twice = next(k for i, k in enumerate(keys) if k in keys[:i])
+        raise DataError(f"key {twice!r} appears twice in one object")
+    return out
+
+
+def _json_score(score: Any, path: Path, qid: str, did: str) -> float:
+    where = f"{path}, query {qid!r}, document {did!r}"
+    if isinstance(score, bool) or not isinstance(score, (int, float)):
+        raise DataError(f"{where}: score must be a number, got {type(score).__name__}")
+    try:
+        value = float(score)
+    except OverflowError:
+        raise DataError(f"{where}: score is out of range") from None
+    if math.isnan(value):
+        raise DataError(f"{where}: score is NaN")
+    return value
+
+
+def _load_json(path: Path) -> Any:
+    """Parse a JSON file, naming the file (and line) for every problem, including damaged ``.gz`` data."""
+    text = "".join(line for _, line in iter_lines(path))
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
+    except DataError as exc:
+        raise DataError(f"{path}: {exc}") from None
+    except (ValueError, RecursionError) as exc:  # a >4300-digit integer, nesting too deep
+        raise DataError(f"{path}: unreadable JSON ({type(exc).__name__}: {str(exc)[:80]})") from None
 
 
 def read_json_run(path: str | Path) -> Run:
-    """Read a JSON run ``{qid: {docid: score}}``, checking its shape."""
-    from retrieval.data import DataError
-
+    """Read a JSON run ``{qid: {docid: score}}``, checking its shape (a key repeated in one object is an error)."""
     path = Path(path)
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
+    obj = _load_json(path)
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a JSON object {{qid: {{docid: score}}}}")
+    run: Run = {}
     for qid, docs in obj.items():
-        if not isinstance(docs, dict) or not all(isinstance(s, (int, float)) for s in docs.values()):
-            raise DataError(f"{path}, query {qid!r}: expected {{docid: number}}")
-    return {str(q): {str(d): float(s) for d, s in docs.items()} for q, docs in obj.items()}
+        if not isinstance(docs, dict):
+            raise DataError(f"{path}, query {qid!r}: expected {{docid: number}}, got {type(docs).__name__}")
+        where = f"{path}, query {qid!r}"
+        run[check_id(qid, str(path), "qid")] = {check_id(did, where, "docid"): _json_score(s, path, qid, did)
+                                               for did, s in docs.items()}
+    return run
 
 
 def read_run(path: str | Path) -> Run:
