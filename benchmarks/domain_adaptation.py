@@ -30,8 +30,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from retrieval.models import resolve_model  # noqa: E402
-from training import TrainConfig, corpus_sentences, run  # noqa: E402
+from retrieval.models import DEFAULT_EMBEDDER, resolve_model  # noqa: E402
+from retrieval.datasets import data_dir  # noqa: E402
+from training import corpus_sentences, load_base, make_config, run  # noqa: E402
 from training.noise import NoiseConfig, noisy_batch  # noqa: E402
 
 logger = logging.getLogger("domain_adaptation")
@@ -63,10 +64,10 @@ def save(result: dict, path: Path) -> None:
 
 def adapt(label: str, objective: str, overrides: dict, args: argparse.Namespace, base: str,
           eval_len: int, evaluate: bool = True) -> dict:
-    """One ``training.trainer`` with before/after evaluation; returns its metrics (losses summarised)."""
+    """One ``training.run`` with before/after evaluation; returns its metrics (losses summarised)."""
     out = args.work / label
     shutil.rmtree(out, ignore_errors=True)
-    config = TrainConfig(objective=objective, corpus=str(args.scifact), base=base, out=str(out), seed=args.seed,
+    config = make_config(objective, corpus=str(args.scifact), base=base, out=str(out), seed=args.seed,
                          eval_beir=str(args.scifact) if evaluate else None, eval_max_seq_length=eval_len,
                          eval_cache_dir=str(args.work / "cache"), threads=args.threads,
                          checkpoint_every=10_000, show_progress=False, **overrides)
@@ -79,8 +80,7 @@ def adapt(label: str, objective: str, overrides: dict, args: argparse.Namespace,
     metrics["loss_last_10pct"] = sum(losses[-k:]) / k
     metrics["wall_seconds"] = time.perf_counter() - started
     metrics["config"] = {k: v for k, v in config.to_dict().items()
-                         if k in ("lr", "batch_size", "max_steps", "ct_variant", "noise_ratio", "pair_source")}
-    metrics["config"].update(lr=config.effective_lr, batch_size=config.effective_batch_size)
+                         if k in ("lr", "batch_size", "max_steps", "variant", "noise_ratio", "pair_source")}
     if evaluate:
         logger.info("%s: nDCG@10 %.4f -> %.4f", label, metrics["before"]["nDCG@10"], metrics["after"]["nDCG@10"])
     return metrics
@@ -106,13 +106,9 @@ def adapt_chain(label: str, stages: list[tuple[str, dict]], args: argparse.Names
 def adapt_before(args: argparse.Namespace, eval_len: int) -> dict:
     """The bundled MiniLM's own scores (its corpus vectors come from the shared cache when present)."""
     from training.evaluate import evaluate_on_beir
-    from training.trainer import base_vectors_cache, load_base
 
-    config = TrainConfig(objective="pairs", corpus=str(args.scifact), base=resolve_model("minilm").path,
-                         eval_beir=str(args.scifact), eval_max_seq_length=eval_len,
-                         eval_cache_dir=str(args.work / "cache"))
-    model = load_base(config.base, "auto", "pairs", "cpu")
-    return evaluate_on_beir(model, args.scifact, "test", eval_len, cache=base_vectors_cache(config, model),
+    model = load_base(resolve_model(DEFAULT_EMBEDDER).path, "auto", "cpu")
+    return evaluate_on_beir(model, args.scifact, "test", eval_len, cache=str(args.work / "cache"),
                             show_progress=False)
 
 
@@ -163,25 +159,25 @@ def throughput(objective: str, args: argparse.Namespace, base: str, sentences: l
     """
     out = args.work / f"speed-{objective}"
     shutil.rmtree(out, ignore_errors=True)
-    probe = TrainConfig(objective=objective, corpus=str(args.scifact), base=base)
-    texts = sentences[: probe.effective_batch_size * args.speed_steps]
+    probe = make_config(objective, corpus=str(args.scifact), base=base, out=str(out))
+    texts = sentences[: probe.batch_size * args.speed_steps]
     corpus = args.work / f"speed-{objective}.jsonl"
     corpus.write_text("".join(json.dumps({"_id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)),
                       encoding="utf-8")
-    config = TrainConfig(objective=objective, corpus=str(corpus), base=base, out=str(out), seed=args.seed,
+    config = make_config(objective, corpus=str(corpus), base=base, out=str(out), seed=args.seed,
                          max_steps=args.speed_steps, threads=args.threads, checkpoint_every=10_000, show_progress=False)
 
     def ours() -> float:
         shutil.rmtree(out, ignore_errors=True)
         run(config)
         metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-        if metrics["sentences"] != len(texts):
-            logger.warning("%s: our run re-split %d sentences into %d", objective, len(texts), metrics["sentences"])
+        if metrics["items"] != len(texts):
+            logger.warning("%s: our run re-split %d sentences into %d", objective, len(texts), metrics["items"])
         return metrics["steps_per_second"]
 
     def theirs() -> float:
         torch.set_num_threads(args.threads)
-        return st_trainer_steps_per_second(objective, base, texts, config.effective_batch_size, config.effective_lr,
+        return st_trainer_steps_per_second(objective, base, texts, config.batch_size, config.lr,
                                            args.speed_steps, args.seed, args.work)
 
     # Alternate the order (ours, ST, ST, ours, ...) and keep each side's best: single 5-step runs on this
@@ -200,7 +196,7 @@ def throughput(objective: str, args: argparse.Namespace, base: str, sentences: l
                         "st_error": repr(exc)[:300]}
     best_ours, best_st = max(samples["ours"]), max(samples["st"])
     return {"ours_steps_per_s": best_ours, "st_trainer_steps_per_s": best_st, "ratio": best_ours / best_st,
-            "samples": samples, "batch_size": config.effective_batch_size, "steps": args.speed_steps,
+            "samples": samples, "batch_size": config.batch_size, "steps": args.speed_steps,
             "sentences": len(texts), "threads": args.threads}
 
 
@@ -218,16 +214,15 @@ def random_bert(folder: Path, like: str, seed: int) -> str:
 def evaluate_random_mean(base: str, args: argparse.Namespace) -> dict:
     """The untrained random BERT with mean pooling: the "plain base" TSDAE must beat."""
     from training.evaluate import evaluate_on_beir
-    from training.trainer import load_base
 
     torch.set_num_threads(args.threads)
-    model = load_base(base, "mean", "simcse", "cpu")
+    model = load_base(base, "mean", "cpu")
     return evaluate_on_beir(model, args.scifact, "test", args.random_eval_length, show_progress=False)
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--data", default=str(data_dir(default=REPO.parent / "shared" / "data")))
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     p.add_argument("--runs", nargs="*", default=["tsdae", "ct", "simcse", "random-tsdae", "speed"])
@@ -245,7 +240,7 @@ def main() -> int:
     result_path = REPO / "benchmarks" / "out" / f"{args.name}.json"
     result: dict = {"command": "python " + " ".join(sys.argv), "seed": args.seed, "threads": args.threads,
                     "date": time.strftime("%Y-%m-%d"), "runs": {}}
-    minilm = resolve_model("minilm").path
+    minilm = resolve_model(DEFAULT_EMBEDDER).path
     for name in args.runs:
         if name in RUNS:
             objective, overrides = RUNS[name]

@@ -1,15 +1,21 @@
-"""Cross-encoder training on a tiny BEIR folder with a tiny random BERT: mining, loss, saving, loading."""
+"""Cross-encoder training on a tiny BEIR folder with a tiny random BERT: mining, loss, saving, loading, resume."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
+import shutil
 from pathlib import Path
 
 import pytest
 
-from retrieval.types import Document, Hit
-from helpers.tiny_rerank_models import write_tiny_bert_cross_encoder
-from training.cross_encoder import (TRAINING_FILE, CrossEncoderTrainingConfig, mine_hard_negatives,
-                                    train_cross_encoder)
+pytest.importorskip("sentence_transformers")
+
+from retrieval.types import Document, Hit  # noqa: E402
+from helpers.tiny_rerank_models import write_tiny_bert_cross_encoder  # noqa: E402
+from training import CrossEncoderConfig, run  # noqa: E402
+from training.checkpoints import checkpoint_dirs  # noqa: E402
+from training.cross_encoder import mine_hard_negatives  # noqa: E402
 
 DOCS = {
     "d1": "mice cancer cells gene", "d2": "cancer protein cells", "d3": "heart disease protein",
@@ -21,14 +27,15 @@ QUERIES = {"q1": "what causes cancer in mice", "q2": "heart disease", "q3": "tow
 QRELS = {"q1": {"d1": 1}, "q2": {"d3": 1}, "q3": {"d4": 1}, "q4": {"d7": 1, "d9": 1}, "q5": {"d6": 1}}
 
 
-def write_beir(folder: Path) -> Path:
+def write_beir(folder: Path, splits: tuple[str, ...] = ("train",)) -> Path:
     (folder / "qrels").mkdir(parents=True)
     (folder / "corpus.jsonl").write_text(
         "".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n" for i, t in DOCS.items()), encoding="utf-8")
     (folder / "queries.jsonl").write_text(
         "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in QUERIES.items()), encoding="utf-8")
     rows = [f"{q}\t{d}\t{g}" for q, rels in QRELS.items() for d, g in rels.items()]
-    (folder / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
+    for split in splits:
+        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
     return folder
 
 
@@ -59,14 +66,19 @@ def test_small_bm25_pools_are_filled_from_the_corpus_without_positives() -> None
 
 
 def test_config_round_trips_and_rejects_bad_values() -> None:
-    config = CrossEncoderTrainingConfig(data="d", output="o", max_steps=3)
-    assert CrossEncoderTrainingConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
-    with pytest.raises(ValueError, match="unknown cross-encoder training option"):
-        CrossEncoderTrainingConfig.from_dict({"data": "d", "output": "o", "lr": 1})
-    with pytest.raises(ValueError, match="batch_size"):
-        CrossEncoderTrainingConfig(data="d", output="o", batch_size=0)
+    config = CrossEncoderConfig(data="d", out="o", max_steps=3)
+    assert CrossEncoderConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ValueError, match=r"CrossEncoderConfig: unknown key\(s\) \['bogus'\]; valid keys: out, base"):
+        CrossEncoderConfig.from_dict({"data": "d", "out": "o", "bogus": 1})
+    # the names of earlier releases still read (old JSON), mapped to the one name each has now
+    assert CrossEncoderConfig.from_dict({"data": "d", "output": "o", "learning_rate": 1e-4, "base_model": "b"}) == \
+        CrossEncoderConfig(data="d", out="o", lr=1e-4, base="b")
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        CrossEncoderConfig(data="d", out="o", batch_size=0)
     with pytest.raises(ValueError, match="loss must be one of"):
-        CrossEncoderTrainingConfig(data="d", output="o", loss="hinge")
+        CrossEncoderConfig(data="d", out="o", loss="hinge")
+    with pytest.raises(ValueError, match="max_steps must be int or None"):
+        CrossEncoderConfig(data="d", out="o", max_steps="3")
 
 
 def test_listwise_loss_is_softmax_cross_entropy_with_the_positive_first() -> None:
@@ -74,7 +86,7 @@ def test_listwise_loss_is_softmax_cross_entropy_with_the_positive_first() -> Non
 
     import torch
 
-    from training.cross_encoder import TrainingGroup, listwise_loss
+    from training.cross_encoder import CrossEncoderObjective, ListwiseLoss, TrainingGroup
 
     class FixedScores:  # stands in for a CrossEncoder: logit = number of words in the passage
         device = "cpu"
@@ -88,28 +100,41 @@ def test_listwise_loss_is_softmax_cross_entropy_with_the_positive_first() -> Non
     groups = [TrainingGroup("q", "a b c", ("a", "a b")), TrainingGroup("q", "a", ("a b", "a b c"))]
     expected = [-math.log(math.exp(3) / (math.exp(3) + math.exp(1) + math.exp(2))),
                 -math.log(math.exp(1) / (math.exp(1) + math.exp(2) + math.exp(3)))]
-    assert float(listwise_loss(FixedScores(), groups)) == pytest.approx(sum(expected) / 2, rel=1e-6)
+    model = FixedScores()
+    objective = CrossEncoderObjective(model, loss="listwise", num_negatives=2)
+    assert isinstance(objective.loss, ListwiseLoss)
+    batch = objective.make_batch(groups, random.Random(0))
+    assert batch.labels is None and batch.columns[0][:3] == [("q", "a b c"), ("q", "a"), ("q", "a b")]
+    assert float(objective.loss([model.preprocess(batch.columns[0])])) == pytest.approx(sum(expected) / 2, rel=1e-6)
 
 
-@pytest.mark.parametrize("loss, steps_per_epoch", [("listwise", 3), ("bce", 3)])
-def test_training_lowers_the_loss_and_saves_a_loadable_cross_encoder(tmp_path: Path, loss: str,
-                                                                     steps_per_epoch: int) -> None:
+def _config(tmp_path: Path, **overrides) -> CrossEncoderConfig:
+    base = tmp_path / "base"
+    if not base.exists():
+        write_tiny_bert_cross_encoder(base)
+    beir = tmp_path / "beir"
+    if not beir.exists():
+        write_beir(beir, ("train", "test"))
+    values = dict(data=str(beir), out=str(tmp_path / "ce"), base=str(base), max_seq_length=32, batch_size=6,
+                  num_negatives=2, negatives_depth=6, show_progress=False, device="cpu")
+    return CrossEncoderConfig(**{**values, **overrides})
+
+
+@pytest.mark.parametrize("loss, items", [("listwise", 6), ("bce", 18)])
+def test_training_lowers_the_loss_and_saves_a_loadable_cross_encoder(tmp_path: Path, loss: str, items: int) -> None:
     from sentence_transformers import CrossEncoder
 
     from retrieval.rerank import load_reranker
 
-    base = write_tiny_bert_cross_encoder(tmp_path / "base")
-    config = CrossEncoderTrainingConfig(data=str(write_beir(tmp_path / "beir")), output=str(tmp_path / "ce"),
-                                        base_model=str(base), loss=loss, max_seq_length=32, batch_size=6, epochs=30,
-                                        learning_rate=1e-2, warmup_ratio=0.0, num_negatives=2, negatives_depth=6,
-                                        show_progress=False, device="cpu")
-    folder = train_cross_encoder(config)
-    record = json.loads((folder / TRAINING_FILE).read_text())
-    losses = record["losses"]
+    config = _config(tmp_path, loss=loss, epochs=30, lr=3e-3, warmup_ratio=0.0)
+    folder = run(config)
+    assert folder == tmp_path / "ce" / "model"
+    metrics = json.loads((tmp_path / "ce" / "metrics.json").read_text())
+    losses = metrics["losses"]
     # 6 groups of 3 pairs: listwise takes 2 groups (6 pairs) a step, bce 6 of the 18 pairs: 3 steps an epoch
-    assert record["n_groups"] == 6
-    assert record["steps"] == len(losses) == 30 * steps_per_epoch
-    assert record["config"] == config.to_dict()
+    assert metrics["items"] == items and metrics["objective"] == "cross-encoder"
+    assert metrics["steps"] == len(losses) == 30 * 3
+    assert json.loads((tmp_path / "ce" / "config.json").read_text())["config"] == config.to_dict()
     assert sum(losses[-6:]) / 6 < 0.75 * sum(losses[:6]) / 6
     model = CrossEncoder(str(folder))
     assert model.num_labels == 1
@@ -119,25 +144,48 @@ def test_training_lowers_the_loss_and_saves_a_loadable_cross_encoder(tmp_path: P
 
 
 def test_training_is_seeded(tmp_path: Path) -> None:
-    base = write_tiny_bert_cross_encoder(tmp_path / "base")
-    data = str(write_beir(tmp_path / "beir"))
     runs = []
     for name in ("a", "b"):
-        config = CrossEncoderTrainingConfig(data=data, output=str(tmp_path / name), base_model=str(base),
-                                            max_seq_length=32, batch_size=6, max_steps=2, show_progress=False,
-                                            device="cpu")
-        runs.append(json.loads((train_cross_encoder(config) / TRAINING_FILE).read_text())["losses"])
+        run(_config(tmp_path, out=str(tmp_path / name), max_steps=2))
+        runs.append(json.loads((tmp_path / name / "metrics.json").read_text())["losses"])
     assert runs[0] == runs[1]
 
 
-def test_command_line_arguments_build_the_config() -> None:
-    import argparse
+def test_resume_from_a_checkpoint_ends_like_an_uninterrupted_run(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
 
-    from training.cross_encoder import add_arguments, config_from_args
+    import torch
 
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    args = parser.parse_args(["--data", "d", "--output", "o", "--max-steps", "5", "--learning-rate", "1e-4",
-                              "--no-progress"])
-    assert config_from_args(args) == CrossEncoderTrainingConfig(data="d", output="o", max_steps=5,
-                                                                learning_rate=1e-4, show_progress=False)
+    config = _config(tmp_path, max_steps=6, checkpoint_every=2, keep_checkpoints=3)
+    straight = load_file(str(run(config) / "model.safetensors"))
+    losses = json.loads((tmp_path / "ce" / "metrics.json").read_text())["losses"]
+    shutil.rmtree(checkpoint_dirs(tmp_path / "ce")[-1])  # as if killed between steps 2 and 4
+    resumed = load_file(str(run(dataclasses.replace(config, resume=True)) / "model.safetensors"))
+    metrics = json.loads((tmp_path / "ce" / "metrics.json").read_text())
+    assert metrics["resumed_from"] == 2 and metrics["losses"] == losses
+    assert resumed.keys() == straight.keys() and all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_before_and_after_evaluation_reranks_bm25(tmp_path: Path) -> None:
+    config = _config(tmp_path, epochs=10, lr=1e-2, warmup_ratio=0.0, eval_beir=str(tmp_path / "beir"), eval_depth=5)
+    run(config)
+    metrics = json.loads((tmp_path / "ce" / "metrics.json").read_text())
+    assert 0.0 <= metrics["before"]["nDCG@10"] <= 1.0 and 0.0 <= metrics["after"]["nDCG@10"] <= 1.0
+    assert metrics["after_vs_before"]["n"] == len(QRELS)
+    assert metrics["after_vs_before"]["mean_diff"] == pytest.approx(
+        metrics["after"]["nDCG@10"] - metrics["before"]["nDCG@10"], abs=1e-9)
+    assert (tmp_path / "ce" / "eval" / "after.trec").exists()
+
+
+def test_the_command_trains_and_reports_and_refuses_to_overwrite_a_run(tmp_path: Path, capsys) -> None:
+    from training.cli import main
+
+    config = _config(tmp_path)  # writes the tiny model and BEIR folder
+    argv = ["cross-encoder", "--data", config.data, "--out", config.out, "--base", config.base, "--max-steps", "2",
+            "--max-seq-length", "32", "--batch-size", "6", "--num-negatives", "2", "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    assert f"model: {tmp_path / 'ce' / 'model'}" in capsys.readouterr().out
+    assert main(argv) == 2
+    assert "already holds a run" in capsys.readouterr().err
+    assert main([*argv, "--resume", "--max-steps", "3"]) == 2
+    assert "max_steps 2 -> 3" in capsys.readouterr().err

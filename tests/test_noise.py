@@ -7,7 +7,8 @@ from collections import Counter
 
 import pytest
 
-from training.config import TrainConfig
+from training.config import CTConfig, PairsConfig, SimCSEConfig, TSDAEConfig
+from training.registry import OBJECTIVES, load_config, make_config, save_config
 from training.contrastive_tension import ct_pairs
 from training.noise import (NoiseConfig, delete_words, join_words, mask_words, noisy_text, split_words,
                             swap_words)
@@ -112,14 +113,43 @@ def test_ct_pairs_follow_the_positive_negative_ratio():
 
 
 def test_config_json_round_trip_and_errors(tmp_path):
-    config = TrainConfig(objective="ct", corpus="c.jsonl", ct_variant="original", max_steps=10)
-    path = tmp_path / "config.json"
-    path.write_text(config.to_json())
-    assert TrainConfig.from_json(path) == config
-    assert config.effective_lr == 1e-5 and config.effective_batch_size == 16  # CT paper defaults
-    assert TrainConfig(objective="tsdae", corpus="c").effective_lr == 3e-5
-    path.write_text(json.dumps({**config.to_dict(), "learning_rate": 1}))
-    with pytest.raises(ValueError, match="learning_rate"):
-        TrainConfig.from_json(path)
-    with pytest.raises(ValueError, match="objective"):
-        TrainConfig(objective="mlm", corpus="c")
+    config = CTConfig(corpus="c.jsonl", out="o", variant="original", max_steps=10)
+    assert load_config(save_config(config, tmp_path / "config.json")) == config
+    assert (config.lr, config.batch_size) == (1e-5, 16)  # the CT paper's, for its original variant
+    assert (CTConfig(corpus="c", out="o").lr, TSDAEConfig(corpus="c", out="o").lr) == (5e-5, 3e-5)
+    assert PairsConfig(corpus="c", out="o", lr=1).lr == 1.0 and isinstance(PairsConfig(corpus="c", out="o", lr=1).lr, float)
+    data = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "bad.json").write_text(json.dumps({**data, "config": {**data["config"], "learning_rate": 1}}))
+    with pytest.raises(ValueError, match=r"bad.json: CTConfig: unknown key\(s\) \['learning_rate'\]; valid keys: out"):
+        load_config(tmp_path / "bad.json")
+    with pytest.raises(ValueError, match="unknown objective 'mlm'"):
+        make_config("mlm", corpus="c", out="o")
+    assert CTConfig.from_dict({"corpus": "c", "out": "o", "ct_variant": "original"}).variant == "original"  # old name
+
+
+@pytest.mark.parametrize("cls, values, message", [
+    (TSDAEConfig, {"noise": "drop"}, "TSDAEConfig.noise must be one of"),
+    (TSDAEConfig, {"noise_ratio": 1.5}, "noise_ratio must be <= 1"),
+    (SimCSEConfig, {"temperature": 0}, "temperature must be > 0"),
+    (SimCSEConfig, {"lr": -1.0}, "lr must be > 0"),
+    (SimCSEConfig, {"warmup_ratio": 1.0}, "warmup_ratio must be < 1"),
+    (PairsConfig, {"pair_source": "bogus"}, "pair_source must be one of"),
+    (PairsConfig, {"min_words": 10, "max_words": 5}, r"max_words \(5\) < min_words \(10\)"),
+    (CTConfig, {"epochs": True}, "epochs must be int, got True"),
+    (CTConfig, {"out": " "}, "out must name a folder"),
+])
+def test_configs_validate_their_fields(cls, values, message):
+    with pytest.raises(ValueError, match=message):
+        cls(**{"corpus": "c", "out": "o", **values})
+
+
+def test_configs_are_frozen_and_objectives_share_one_name_per_concept():
+    import dataclasses
+
+    config = TSDAEConfig(corpus="c", out="o")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.lr = 1.0
+    for entry in OBJECTIVES.values():
+        names = {f.name for f in dataclasses.fields(entry.config)}
+        assert {"out", "base", "lr", "batch_size", "seed", "resume"} <= names
+        assert not names & {"output", "base_model", "learning_rate", "ct_variant"}

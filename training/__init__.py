@@ -1,8 +1,9 @@
-"""Domain adaptation of embedding models from unlabeled text: TSDAE, SimCSE, Contrastive Tension, corpus pairs.
+"""Training: adapt an embedder to a corpus (TSDAE, SimCSE, CT, corpus pairs) or fine-tune a cross-encoder.
 
-``run(TrainConfig(objective="tsdae", corpus="docs.jsonl", base="minilm", out="runs/x"))`` trains,
-checkpoints, optionally evaluates before/after on a BEIR split, and returns a sentence-transformers folder.
-Names are imported lazily, so ``import training`` (and the CLI) stay cheap until torch is needed.
+``run(TSDAEConfig(corpus="docs.jsonl", base="minilm", out="runs/x"))`` trains, checkpoints, optionally
+evaluates before/after on a BEIR split, and returns the model folder ``runs/x/model``. Each objective has
+its own config class (:mod:`training.config`); :data:`OBJECTIVES` names them all. Names are imported
+lazily, so ``import training`` (and the CLI) stay cheap until torch is needed.
 """
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ from typing import Any
 logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _EXPORTS = {
-    "TrainConfig": "config", "OBJECTIVE_NAMES": "config", "OBJECTIVE_DEFAULTS": "config",
-    "run": "trainer", "load_base": "trainer", "build_objective": "trainer",
+    "RunConfig": "config", "EmbedderConfig": "config", "CorpusConfig": "config", "TSDAEConfig": "config", "SimCSEConfig": "config",
+    "CTConfig": "config", "PairsConfig": "config", "CrossEncoderConfig": "config",
+    "OBJECTIVES": "registry", "make_config": "registry", "load_config": "registry", "save_config": "registry",
+    "run": "trainer",
+    "load_base": "bi_encoder",
     "TSDAE": "tsdae", "TSDAELoss": "tsdae", "build_decoder": "tsdae",
     "SimCSE": "simcse",
     "Pairs": "pairs", "corpus_documents": "pairs", "make_pair": "pairs",
     "ContrastiveTension": "contrastive_tension", "ct_pairs": "contrastive_tension",
+    "CrossEncoderObjective": "cross_encoder", "mine_hard_negatives": "cross_encoder",
     "NoiseConfig": "noise", "noisy_text": "noise", "split_words": "noise",
     "Batch": "objective", "Objective": "objective",
     "SentenceOptions": "sentences", "corpus_sentences": "sentences", "split_sentences": "sentences",

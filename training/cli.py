@@ -1,116 +1,139 @@
-"""``retrieval train tsdae|simcse|ct|pairs|cross-encoder ...``: the command-line face of ``training.trainer``.
+"""``retrieval train OBJECTIVE ...`` (or ``python -m training OBJECTIVE ...``), generated from the configs.
 
-Importing this module is cheap (no torch); the heavy imports happen when the command runs.
+One sub-command per entry of :data:`training.registry.OBJECTIVES`, one flag per field of its config class:
+the field name with dashes (``max_steps`` -> ``--max-steps``), its type, default, choices and the help text
+of its metadata. Booleans that are on by default get ``--flag/--no-flag``. Old names a config lists in
+``RENAMED`` stay accepted as hidden, deprecated flags. Importing this module is cheap (no torch); the heavy
+imports happen when the command runs.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
+import sys
+import typing
 from pathlib import Path
+from typing import Any
 
-OBJECTIVES = ("tsdae", "simcse", "ct", "pairs")
+from training.config import RunConfig, field_kinds
+from training.registry import OBJECTIVES
 
-
-def _common_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--corpus", required=True, help="BEIR folder, JSONL/CSV/TSV file, or .txt (one document a line)")
-    p.add_argument("--base", default="minilm", help="model to adapt: alias (minilm), local folder or hub name")
-    p.add_argument("--out", required=True, help="run folder; the model is written to OUT/model")
-    p.add_argument("--max-steps", type=int, help="stop after N optimizer steps (default: run --epochs)")
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--batch-size", type=int, help="default: the objective's paper default")
-    p.add_argument("--lr", type=float, help="default: the objective's paper default")
-    p.add_argument("--warmup-ratio", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--max-seq-length", type=int, default=128, help="training length in tokens")
-    p.add_argument("--pooling", choices=["auto", "cls", "mean", "max"], default="auto")
-    p.add_argument("--max-sentences", type=int, help="use only the first N unique sentences")
-    p.add_argument("--min-words", type=int, default=5)
-    p.add_argument("--max-words", type=int, default=64)
-    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue OUT from its last checkpoint")
-    p.add_argument("--eval-beir", metavar="DIR", help="BEIR folder: nDCG@10 before and after training")
-    p.add_argument("--eval-split", default="test")
-    p.add_argument("--eval-max-seq-length", type=int, default=256)
-    p.add_argument("--eval-cache-dir", help="cache the base model's corpus embeddings here")
-    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    p.add_argument("--threads", type=int, help="torch CPU threads")
-    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+logger = logging.getLogger(__name__)
 
 
-def _objective_flags(name: str, p: argparse.ArgumentParser) -> None:
-    if name == "tsdae":
-        p.add_argument("--noise", choices=["delete", "swap", "mask"], default="delete")
-        p.add_argument("--noise-ratio", type=float, default=0.6)
-        p.add_argument("--noise-unit", choices=["word", "token"], default="word")
-        p.add_argument("--untied", action="store_true", help="do not tie encoder and decoder weights")
-    elif name == "simcse":
-        p.add_argument("--temperature", type=float, default=0.05)
-    elif name == "pairs":
-        p.add_argument("--pair-source", choices=["title-body", "ict"], default="title-body",
-                       help="anchor -> passage: a title -> its text, or a sentence -> the rest of its document")
-    else:
-        p.add_argument("--variant", choices=["in-batch", "original"], default="in-batch")
-        p.add_argument("--pos-neg-ratio", type=int, default=8)
+def flag_of(f: dataclasses.Field) -> str:
+    """The command-line flag of a config field."""
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
-def config_from_args(args: argparse.Namespace):
-    """The ``TrainConfig`` the flags describe."""
-    from training.config import TrainConfig
-
-    extra = {}
-    if args.objective == "tsdae":
-        extra = {"noise": args.noise, "noise_ratio": args.noise_ratio, "noise_unit": args.noise_unit,
-                 "tie_weights": not args.untied}
-    elif args.objective == "simcse":
-        extra = {"temperature": args.temperature}
-    elif args.objective == "ct":
-        extra = {"ct_variant": args.variant, "pos_neg_ratio": args.pos_neg_ratio}
-    elif args.objective == "pairs":
-        extra = {"pair_source": args.pair_source}
-    return TrainConfig(
-        objective=args.objective, corpus=args.corpus, base=args.base, out=args.out, max_steps=args.max_steps,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, warmup_ratio=args.warmup_ratio, seed=args.seed,
-        max_seq_length=args.max_seq_length, pooling=args.pooling, max_sentences=args.max_sentences,
-        min_words=args.min_words, max_words=args.max_words, checkpoint_every=args.checkpoint_every,
-        resume=args.resume, eval_beir=args.eval_beir, eval_split=args.eval_split,
-        eval_max_seq_length=args.eval_max_seq_length, eval_cache_dir=args.eval_cache_dir, device=args.device,
-        threads=args.threads, show_progress=not args.no_progress, **extra)
+def _declared_by(cls: type, name: str) -> type:
+    """The most basic class of ``cls``'s hierarchy that declares field ``name`` (it titles the help group)."""
+    return next(k for k in reversed(cls.__mro__) if name in k.__dict__.get("__annotations__", {}))
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    if args.objective == "cross-encoder":
-        from training.cross_encoder import config_from_args as ce_config, train_cross_encoder
+def _help(cls: type[RunConfig], f: dataclasses.Field) -> str:
+    text = f.metadata.get("help", "")
+    default = cls.DEFAULTS.get(f.name) if f.default in (None, dataclasses.MISSING) else f.default
+    return text if default is None or isinstance(default, bool) else f"{text} (default: {default})"
 
-        print(f"model: {train_cross_encoder(ce_config(args))}")
-        return 0
-    from training.trainer import run
 
-    folder = run(config_from_args(args))
-    metrics_path = Path(args.out) / "metrics.json"
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
+def _deprecated(preferred: str) -> type[argparse.Action]:
+    class Deprecated(argparse.Action):
+        def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+            logger.warning("%s is deprecated; use %s", option_string, preferred)
+            setattr(namespace, self.dest, values)
+    return Deprecated
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, cls: type[RunConfig]) -> None:
+    """One flag per field of ``cls`` (grouped by the class that declares it) plus its deprecated aliases."""
+    hints = typing.get_type_hints(cls)
+    groups: dict[type, Any] = {}
+    by_name = {f.name: f for f in dataclasses.fields(cls)}
+    for f in by_name.values():
+        owner = _declared_by(cls, f.name)
+        if owner not in groups:
+            groups[owner] = parser.add_argument_group(f"{owner.__name__}", (owner.__doc__ or "").splitlines()[0])
+        kind = field_kinds(hints[f.name])[0][0]
+        required = f.default is dataclasses.MISSING
+        default = None if required else f.default
+        if kind is bool:
+            action = argparse.BooleanOptionalAction if default else "store_true"
+            groups[owner].add_argument(flag_of(f), dest=f.name, action=action, default=default, help=_help(cls, f))
+            continue
+        aliased = f.name in cls.RENAMED.values()
+        groups[owner].add_argument(flag_of(f), dest=f.name, type=kind, default=default, choices=f.metadata.get("choices"),
+                                   required=required and not aliased, help=_help(cls, f))
+    for old, new in cls.RENAMED.items():
+        parser.add_argument("--" + old.replace("_", "-"), dest=new, type=field_kinds(hints[new])[0][0],
+                            action=_deprecated(flag_of(by_name[new])), help=argparse.SUPPRESS)
+
+
+def config_from_args(args: argparse.Namespace) -> RunConfig:
+    """The config the parsed flags describe (``args.config_class`` says which); other attributes are ignored."""
+    cls: type[RunConfig] = args.config_class
+    fields = dataclasses.fields(cls)
+    missing = [flag_of(f) for f in fields if f.default is dataclasses.MISSING and getattr(args, f.name) is None]
+    if missing:
+        raise ValueError(f"the following arguments are required: {', '.join(missing)}")
+    return cls(**{f.name: getattr(args, f.name) for f in fields})
+
+
+def _report(folder: Path, metrics: dict[str, Any]) -> None:
     print(f"model: {folder}")
-    print(f"steps: {metrics['steps']}  ({metrics['steps_per_second'] or 0:.2f} steps/s)  "
-          f"final loss {metrics['losses'][-1]:.4f}" if metrics["losses"] else f"steps: {metrics['steps']}")
+    losses = metrics.get("losses") or []
+    steps = f"steps: {metrics['steps']}  ({metrics.get('steps_per_second') or 0:.2f} steps/s)"
+    print(f"{steps}  final loss {losses[-1]:.4f}" if losses else steps)
     for when in ("before", "after"):
         if metrics.get(when):
             print(f"{when:>6}: nDCG@10 {metrics[when]['nDCG@10']:.4f}  Recall@100 {metrics[when]['Recall@100']:.4f}")
+    if metrics.get("after_vs_before"):
+        print(f"change: nDCG@10 {metrics['after_vs_before']['mean_diff']:+.4f}  "
+              f"(paired randomisation p = {metrics['after_vs_before']['p_value']:.4f})")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Run the objective the command line names and print where the model went and how it did."""
+    config = config_from_args(args)
+    from training.trainer import run
+
+    folder = run(config)
+    _report(folder, json.loads((Path(config.out) / "metrics.json").read_text(encoding="utf-8")))
     return 0
 
 
-def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``train`` with one sub-command per objective (plus ``cross-encoder`` when that module exists)."""
-    train = subparsers.add_parser("train", help="adapt an embedding model to a corpus (TSDAE, SimCSE, CT, corpus pairs)",
-                                  description="Domain adaptation from unlabeled text; writes OUT/model.")
-    objectives = train.add_subparsers(dest="objective", required=True, metavar="{" + ",".join((*OBJECTIVES, "cross-encoder")) + "}")
-    for name in OBJECTIVES:
-        p = objectives.add_parser(name, help=f"train with {name}")
-        _common_flags(p)
-        _objective_flags(name, p)
-        p.set_defaults(func=cmd_train)
-    from training.cross_encoder import add_arguments as ce_arguments
+def add_objective_commands(parser: argparse.ArgumentParser) -> None:
+    """One sub-command per registered objective, its flags generated from its config class."""
+    objectives = parser.add_subparsers(dest="objective", required=True)
+    for name, entry in OBJECTIVES.items():
+        p = objectives.add_parser(name, help=entry.summary, description=entry.config.__doc__)
+        add_config_arguments(p, entry.config)
+        p.set_defaults(func=cmd_train, config_class=entry.config)
 
-    p = objectives.add_parser("cross-encoder", help="fine-tune a cross-encoder reranker on a BEIR train split "
-                              "with BM25-mined hard negatives")
-    ce_arguments(p)
-    p.set_defaults(func=cmd_train)
+
+def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``train`` with one sub-command per objective (``retrieval.cli`` composes it into ``retrieval``)."""
+    train = subparsers.add_parser("train", help=f"train or adapt a model ({', '.join(OBJECTIVES)})",
+                                  description="Adapt an embedder to a corpus, or fine-tune a reranker; "
+                                              "writes OUT/config.json, checkpoints and OUT/model.")
+    add_objective_commands(train)
     return train
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training OBJECTIVE [flags]``: the same command as ``retrieval train``."""
+    from retrieval.errors import MissingDependency
+
+    parser = argparse.ArgumentParser(prog="python -m training", description=add_train_command.__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    add_objective_commands(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return cmd_train(args)
+    except (ValueError, OSError, MissingDependency) as exc:
+        print(f"python -m training {args.objective}: error: {exc}", file=sys.stderr)
+        return 2

@@ -1,134 +1,244 @@
-"""``TrainConfig``: every setting of a domain-adaptation run, saved as JSON next to the model."""
+"""Training configs: one frozen, validated dataclass per objective, on a shared base of run settings.
+
+Every field is declared once, with its default, its help text, its allowed values and its bounds in the
+field's metadata; validation, ``to_dict``/``from_dict`` and the ``retrieval train`` flags
+(:mod:`training.cli`) are all derived from the declarations. The hierarchy::
+
+    RunConfig                where the result goes, the base model, seed, optimisation schedule,
+    │                        checkpoints, before/after evaluation, device, progress
+    ├── EmbedderConfig       a bi-encoder being trained: its pooling
+    │   └── CorpusConfig     ... on an unlabeled corpus: corpus, sentence filters
+    │       └── TSDAEConfig, SimCSEConfig, CTConfig, PairsConfig
+    └── CrossEncoderConfig   a reranker trained on a labeled BEIR split with mined hard negatives
+
+Objectives are named in one place, :data:`training.registry.OBJECTIVES`. A new one is a config class
+here, a module beside the others (``training_items``, ``build``, ``MODEL``: see
+:class:`training.objective.ObjectiveModule`) and its row in ``OBJECTIVES``; the CLI, the run folder's
+``config.json``, checkpoints, resume and evaluation come from the shared code. Supervised fine-tuning
+would be an ``EmbedderConfig`` with a BEIR ``data``/``split`` (as the cross-encoder has), GPL a
+``CorpusConfig`` with its generator, miner and teacher.
+
+``lr`` and ``batch_size`` left at ``None`` become the objective's own defaults (from its paper) when the
+config is built, so ``config.lr`` is always the learning rate that is used and ``config.json`` says so.
+"""
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any
+import dataclasses
+import operator
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
 
-OBJECTIVE_NAMES = ("tsdae", "simcse", "ct", "pairs")
+from retrieval.configs import Config
+from retrieval.models import DEFAULT_EMBEDDER
+
+from training.noise import NOISE_KINDS, NoiseConfig
+
 PAIR_SOURCES = ("title-body", "ict")
 CT_VARIANTS = ("in-batch", "original")
 POOLINGS = ("auto", "cls", "mean", "max")
-
-# Defaults per objective, from the papers: TSDAE (Wang et al. 2021) lr 3e-5, batch 8; SimCSE (Gao et al.
-# 2021, unsupervised BERT-base) lr 3e-5, batch 64; CT (Carlsson et al. 2021) lr 1e-5, batch 16;
-# in-batch CT as in sentence-transformers' example, lr 5e-5, batch 32; corpus pairs with in-batch negatives
-# (the objective all-MiniLM-L6-v2 was trained with) at sentence-transformers' default lr 2e-5, batch 32.
-OBJECTIVE_DEFAULTS: dict[str, dict[str, float | int]] = {
-    "tsdae": {"lr": 3e-5, "batch_size": 8},
-    "simcse": {"lr": 3e-5, "batch_size": 64},
-    "ct": {"lr": 1e-5, "batch_size": 16},
-    "ct-in-batch": {"lr": 5e-5, "batch_size": 32},
-    "pairs": {"lr": 2e-5, "batch_size": 32},
-}
+CE_LOSSES = ("listwise", "bce")
 
 
-@dataclass
-class TrainConfig:
-    """One run: objective, data, base model, schedule, checkpoints, evaluation. ``None`` = objective default."""
+def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple[Any, ...] | None = None,
+           min: float | None = None, max: float | None = None, above: float | None = None,
+           below: float | None = None, runtime: bool = False, flag: str | None = None) -> Any:
+    """A config field with its metadata: ``help`` and ``choices`` (also the CLI's), bounds checked on
+    construction (``min`` <= value <= ``max``, ``above`` < value < ``below``), ``runtime`` for settings a
+    resumed run may change (they do not change what is trained), ``flag`` for a CLI name other than the field's."""
+    meta = {"help": help, "choices": choices, "min": min, "max": max, "above": above, "below": below,
+            "runtime": runtime, "flag": flag}
+    return field(default=default, metadata={k: v for k, v in meta.items() if v is not None and v is not False})
 
-    objective: str
-    corpus: str
-    base: str = "minilm"
-    out: str = "runs/adapted"
-    max_steps: int | None = None  # stops early when set; otherwise ``epochs`` passes over the sentences
-    epochs: int = 1
-    batch_size: int | None = None
-    lr: float | None = None
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.1
-    max_grad_norm: float = 1.0
-    seed: int = 42
-    max_seq_length: int = 128  # training length; sentences are short
-    pooling: str = "auto"  # auto: keep a sentence-transformers base's pooling; else cls for TSDAE, mean otherwise
-    device: str | None = None  # None: cuda when available, else cpu
-    threads: int | None = None  # torch CPU threads; None keeps torch's default (1 is faster on a busy machine)
-    # corpus -> sentences
-    min_words: int = 5
-    max_words: int = 64
-    max_sentences: int | None = None  # for pairs: the first N usable documents
-    # TSDAE
-    noise: str = "delete"
-    noise_ratio: float = 0.6
-    noise_unit: str = "word"
-    tie_weights: bool = True
-    # SimCSE
-    temperature: float = 0.05
-    # Contrastive Tension
-    ct_variant: str = "in-batch"
-    pos_neg_ratio: int = 8  # original CT: one identical pair for every pos_neg_ratio pairs
-    # corpus pairs: "title-body" (title -> text) or "ict" (a sentence -> the rest of its document)
-    pair_source: str = "title-body"
-    # checkpoints and resume
-    checkpoint_every: int = 500
-    keep_checkpoints: int = 2
-    resume: bool = False
-    # evaluation before/after on a BEIR split
-    eval_beir: str | None = None
-    eval_split: str = "test"
-    eval_max_seq_length: int = 256
-    eval_batch_size: int = 32
-    eval_cache_dir: str | None = None  # caches the base model's corpus embeddings between runs
-    show_progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+
+# metadata key -> (the test a value must pass, how the error states it)
+_BOUNDS = {"min": (operator.ge, ">="), "max": (operator.le, "<="), "above": (operator.gt, ">"),
+           "below": (operator.lt, "<")}
+
+
+def field_kinds(hint: Any) -> tuple[tuple[type, ...], bool]:
+    """The scalar types a hint allows and whether it allows None (``int | None`` -> ((int,), True))."""
+    args = typing.get_args(hint) or (hint,)
+    return tuple(a for a in args if a is not type(None)), type(None) in args
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunConfig(Config):
+    """Settings every training run shares: output, base model, schedule, checkpoints, evaluation, device."""
+
+    DEFAULTS: ClassVar[Mapping[str, Any]] = {"lr": 2e-5, "batch_size": 32}  # sentence-transformers' defaults
+    RENAMED: ClassVar[Mapping[str, str]] = {}
+
+    out: str = option(help="run folder: config.json, checkpoints/, metrics.json, and the result in OUT/model")
+    base: str = option(DEFAULT_EMBEDDER, f"model to start from: alias ({DEFAULT_EMBEDDER}), local folder or hub name")
+    seed: int = option(42, "seed of batch order, noise, sampling and dropout")
+    lr: float | None = option(None, "peak learning rate", above=0)
+    batch_size: int | None = option(None, "training rows per optimizer step", min=1)
+    epochs: int = option(1, "passes over the training items (unless --max-steps)", min=1)
+    max_steps: int | None = option(None, "stop after N optimizer steps (default: --epochs passes)", min=1)
+    warmup_ratio: float = option(0.1, "share of the steps with linear warmup (then linear decay to 0)", min=0, below=1)
+    weight_decay: float = option(0.01, "AdamW weight decay", min=0)
+    max_grad_norm: float = option(1.0, "gradient-norm clip", above=0)
+    max_seq_length: int = option(128, "training length in tokens", min=2)
+    checkpoint_every: int = option(500, "steps between checkpoints (OUT/checkpoints/step-N)", min=1, runtime=True)
+    keep_checkpoints: int = option(2, "newest checkpoints kept; an unreadable newest falls back to the one before",
+                                   min=1, runtime=True)
+    resume: bool = option(False, "continue OUT from its newest readable checkpoint", runtime=True)
+    eval_beir: str | None = option(None, "BEIR folder: evaluate before and after training", runtime=True)
+    eval_split: str = option("test", "split of --eval-beir", runtime=True)
+    eval_max_seq_length: int = option(256, "evaluation length in tokens", min=2, runtime=True)
+    eval_batch_size: int = option(32, "evaluation batch size", min=1, runtime=True)
+    eval_cache_dir: str | None = option(None, "cache the base model's corpus embeddings here (bi-encoders)",
+                                        runtime=True)
+    device: str | None = option(None, "cpu, cuda, ... (default: cuda when available)", runtime=True)
+    threads: int | None = option(None, "torch CPU threads (default: torch's; 1 is fastest on a busy machine)",
+                                 min=1, runtime=True)
+    show_progress: bool = option(True, "progress bars", runtime=True, flag="--progress")
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVE_NAMES:
-            raise ValueError(f"objective {self.objective!r}: expected one of {OBJECTIVE_NAMES}")
-        if self.ct_variant not in CT_VARIANTS:
-            raise ValueError(f"ct_variant {self.ct_variant!r}: expected one of {CT_VARIANTS}")
-        if self.pair_source not in PAIR_SOURCES:
-            raise ValueError(f"pair_source {self.pair_source!r}: expected one of {PAIR_SOURCES}")
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling {self.pooling!r}: expected one of {POOLINGS}")
-        for name in ("max_steps", "batch_size", "checkpoint_every", "epochs"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        for name, value in self.resolved_defaults().items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            self._check_field(f, hints[f.name])
+        self.validate()
 
-    @property
-    def defaults_key(self) -> str:
-        return "ct-in-batch" if self.objective == "ct" and self.ct_variant == "in-batch" else self.objective
+    def resolved_defaults(self) -> Mapping[str, Any]:
+        """What ``None`` fields become (``lr``, ``batch_size``): the class's :attr:`DEFAULTS`."""
+        return self.DEFAULTS
 
-    @property
-    def effective_lr(self) -> float:
-        return float(self.lr if self.lr is not None else OBJECTIVE_DEFAULTS[self.defaults_key]["lr"])
+    def validate(self) -> None:
+        """Checks that involve more than one field (subclasses extend it)."""
+        if not self.out.strip():
+            raise ValueError(f"{type(self).__name__}.out must name a folder")
 
-    @property
-    def effective_batch_size(self) -> int:
-        return int(self.batch_size if self.batch_size is not None else OBJECTIVE_DEFAULTS[self.defaults_key]["batch_size"])
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any], where: str = "config") -> TrainConfig:
-        """Build from a dict, naming unknown fields instead of ignoring them."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"{where}: unknown field(s) {unknown}; known: {sorted(known)}")
-        return cls(**data)
+    def _check_field(self, f: dataclasses.Field, hint: Any) -> None:
+        owner, value = f"{type(self).__name__}.{f.name}", getattr(self, f.name)
+        kinds, optional = field_kinds(hint)
+        if value is None and optional:
+            return
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+            object.__setattr__(self, f.name, value)
+        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+            expected = " or ".join(k.__name__ for k in kinds) + (" or None" if optional else "")
+            raise ValueError(f"{owner} must be {expected}, got {value!r}")
+        meta = f.metadata
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ValueError(f"{owner} must be one of {meta['choices']}, got {value!r}")
+        for key, (holds, sign) in _BOUNDS.items():
+            if key in meta and not holds(value, meta[key]):
+                raise ValueError(f"{owner} must be {sign} {meta[key]}, got {value!r}")
 
     @classmethod
-    def from_json(cls, path: str | Path) -> TrainConfig:
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
-        return cls.from_dict(data, where=str(path))
+    def runtime_fields(cls) -> frozenset[str]:
+        """Fields a resumed run may change: they do not change what is trained."""
+        return frozenset(f.name for f in fields(cls) if f.metadata.get("runtime"))
+
+    def items_per_step(self) -> int:
+        """Training items per optimizer step (an item is a sentence, a document, a group...)."""
+        return int(self.batch_size or 0)  # never None: resolved in __post_init__
 
 
-# Fields that may differ between a run and its resumption (they do not change what is trained).
-RESUME_MAY_CHANGE = frozenset({"resume", "show_progress", "device", "checkpoint_every", "keep_checkpoints",
-                               "eval_beir", "eval_split", "eval_max_seq_length", "eval_batch_size",
-                               "eval_cache_dir", "out", "threads"})
+@dataclass(frozen=True, kw_only=True)
+class EmbedderConfig(RunConfig):
+    """A sentence-transformers embedder (bi-encoder) being trained: how its vector is pooled."""
+
+    PLAIN_POOLING: ClassVar[str] = "mean"  # pooling "auto" gives a plain transformers encoder this
+
+    pooling: str = option("auto", "auto keeps a sentence-transformers base's pooling; a plain encoder gets the "
+                          "objective's (cls for TSDAE, else mean)", choices=POOLINGS)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CorpusConfig(EmbedderConfig):
+    """An embedder trained on an unlabeled corpus (sentences or documents); no queries, no judgments."""
+
+    corpus: str = option(help="BEIR folder, JSONL/CSV/TSV file, or .txt (one document a line)")
+    min_words: int = option(5, "shortest usable sentence (or document text), in words", min=1)
+    max_words: int = option(64, "longer sentences are cut into windows of this many words", min=1)
+    max_sentences: int | None = option(None, "use only the first N unique sentences (pairs: documents)", min=1)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.max_words < self.min_words:
+            raise ValueError(f"{type(self).__name__}: max_words ({self.max_words}) < min_words ({self.min_words})")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TSDAEConfig(CorpusConfig):
+    """TSDAE (Wang, Reimers & Gurevych, EMNLP 2021): rebuild a sentence from a noisy copy's vector."""
+
+    DEFAULTS: ClassVar[Mapping[str, Any]] = {"lr": 3e-5, "batch_size": 8}  # the paper's
+    PLAIN_POOLING: ClassVar[str] = "cls"  # as in the paper
+
+    noise: str = option("delete", "noise applied to the input sentence", choices=NOISE_KINDS)
+    noise_ratio: float = option(0.6, "share of words deleted, swapped or masked", min=0, max=1)
+    noise_unit: str = option("word", "noise unit: regex words, or the tokenizer's whole words", choices=("word", "token"))
+    tie_weights: bool = option(True, "share the encoder's weights with the decoder")
+
+    def noise_config(self) -> NoiseConfig:
+        return NoiseConfig(kind=self.noise, ratio=self.noise_ratio, unit=self.noise_unit)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SimCSEConfig(CorpusConfig):
+    """Unsupervised SimCSE (Gao, Yao & Chen, EMNLP 2021): a sentence and itself through dropout."""
+
+    DEFAULTS: ClassVar[Mapping[str, Any]] = {"lr": 3e-5, "batch_size": 64}  # the paper's, BERT-base
+
+    temperature: float = option(0.05, "softmax temperature of the in-batch contrastive loss", above=0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CTConfig(CorpusConfig):
+    """Contrastive Tension (Carlsson et al., ICLR 2021): two encoder copies agree on identical inputs.
+
+    Default lr and batch size depend on ``variant``: in-batch 5e-5 and 32 (sentence-transformers' example),
+    original 1e-5 and 16 (the paper). They are fixed when the config is built: ``dataclasses.replace`` of
+    ``variant`` keeps the other variant's lr and batch size.
+    """
+
+    DEFAULTS: ClassVar[Mapping[str, Any]] = {"lr": 5e-5, "batch_size": 32}
+    ORIGINAL_DEFAULTS: ClassVar[Mapping[str, Any]] = {"lr": 1e-5, "batch_size": 16}
+    RENAMED: ClassVar[Mapping[str, str]] = {"ct_variant": "variant"}
+
+    variant: str = option("in-batch", "in-batch negatives, or the paper's labelled pairs", choices=CT_VARIANTS)
+    pos_neg_ratio: int = option(8, "original variant: one identical pair for every N pairs", min=1)
+
+    def resolved_defaults(self) -> Mapping[str, Any]:
+        return self.ORIGINAL_DEFAULTS if self.variant == "original" else self.DEFAULTS
+
+
+@dataclass(frozen=True, kw_only=True)
+class PairsConfig(CorpusConfig):
+    """(anchor, passage) pairs cut from the corpus, with in-batch negatives (the base's own objective)."""
+
+    pair_source: str = option("title-body", "anchor -> passage: a title -> its text, or a sentence -> the rest "
+                              "of its document (ICT)", choices=PAIR_SOURCES)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CrossEncoderConfig(RunConfig):
+    """A cross-encoder reranker fine-tuned on a BEIR split, each positive with BM25-mined hard negatives."""
+
+    DEFAULTS: ClassVar[Mapping[str, Any]] = {"lr": 5e-5, "batch_size": 32}
+    RENAMED: ClassVar[Mapping[str, str]] = {"output": "out", "base_model": "base", "learning_rate": "lr"}
+
+    data: str = option(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
+    split: str = option("train", "judged split to train on")
+    max_queries: int | None = option(None, "use only the first N queries of the split", min=1)
+    loss: str = option("listwise", "listwise: softmax over 1 positive + negatives; bce: pointwise", choices=CE_LOSSES)
+    num_negatives: int = option(7, "hard negatives per (query, positive)", min=1)
+    negatives_depth: int = option(30, "negatives are sampled from the BM25 top-N", min=1)
+    eval_depth: int = option(100, "evaluation: BM25 candidates the cross-encoder reranks", min=1, runtime=True)
+    max_seq_length: int = option(256, "query + passage length in tokens", min=2)
+    # batch_size counts (query, passage) pairs for both losses, so a step costs the same
+
+    def items_per_step(self) -> int:
+        """Listwise steps take whole groups of 1 + ``num_negatives`` pairs; bce steps take pairs."""
+        if self.loss == "listwise":
+            return max(1, int(self.batch_size or 0) // (1 + self.num_negatives))
+        return int(self.batch_size or 0)

@@ -26,6 +26,8 @@ from sentence_transformers.sentence_transformer.losses import (
     ContrastiveTensionLossInBatchNegatives,
 )
 
+from training.bi_encoder import BI_ENCODER, sentence_items
+from training.config import CTConfig
 from training.objective import Batch
 
 
@@ -76,3 +78,15 @@ class ContrastiveTension:
             return Batch([list(sentences)])
         first, second, labels = ct_pairs(sentences, self.pool, self.pos_neg_ratio, rng)
         return Batch([first, second], labels)
+
+
+MODEL = BI_ENCODER
+
+
+def training_items(config: CTConfig) -> list[str]:
+    """CT trains on corpus sentences (the original variant also draws its negatives from them)."""
+    return sentence_items(config)
+
+
+def build(config: CTConfig, model: SentenceTransformer, items: list[str]) -> ContrastiveTension:
+    return ContrastiveTension(model, variant=config.variant, sentences=items, pos_neg_ratio=config.pos_neg_ratio)

@@ -1,4 +1,4 @@
-"""Fine-tune a cross-encoder reranker on (query, positive, BM25 hard negatives) from a BEIR train split.
+"""Fine-tune a cross-encoder reranker on (query, positive, BM25 hard negatives) from a BEIR split.
 
 A cross-encoder reads query and passage together and outputs one relevance logit (Nogueira & Cho,
 "Passage Re-ranking with BERT", 2019). Each judged positive is grouped with hard negatives mined from
@@ -9,86 +9,39 @@ the BM25 first stage the reranker will sit behind (judged positives are never ne
 * ``bce``: binary cross-entropy on every (query, passage) pair, the recipe of sentence-transformers'
   MS MARCO cross-encoders (``BinaryCrossEntropyLoss``, positives up-weighted by the negatives per positive).
 
-``batch_size`` counts (query, passage) pairs per step for both, so a step costs the same. The result is a
-plain sentence-transformers ``CrossEncoder`` folder that ``load_reranker("cross-encoder:FOLDER")`` reads.
+``batch_size`` counts (query, passage) pairs per step for both, so a step costs the same. Training runs
+through :func:`training.run` like every objective (checkpoints, resume, before/after evaluation, which here
+reranks BM25's top ``eval_depth``); the result ``OUT/model`` is a plain sentence-transformers
+``CrossEncoder`` folder that ``load_reranker("cross-encoder:OUT/model")`` reads.
 
 Usage::
 
-    from training.cross_encoder import CrossEncoderTrainingConfig, train_cross_encoder
-    config = CrossEncoderTrainingConfig(data="../shared/data/beir/scifact", output="models/ce-scifact")
-    folder = train_cross_encoder(config)
+    from training import CrossEncoderConfig, run
+    folder = run(CrossEncoderConfig(data="../shared/data/beir/scifact", out="runs/ce"))
 
 Defaults: listwise groups of 1 positive + 7 negatives, 32 pairs a step, 256 tokens, lr 5e-5, one epoch.
 """
 from __future__ import annotations
 
-import json
 import logging
-import math
 import random
+import sys
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
+import torch
+from torch import nn
 
 from retrieval.data import load_beir
-from retrieval.errors import MissingDependency
 from retrieval.models import resolve_model
-from retrieval.persistence import atomic_dir
 from retrieval.types import Document, Qrels
 
+from training.config import CrossEncoderConfig
+from training.objective import Batch
+
 logger = logging.getLogger(__name__)
-
-TRAINING_FILE = "retrievekit_training.json"
-LOSSES = ("listwise", "bce")
-
-
-@dataclass
-class CrossEncoderTrainingConfig:
-    """Everything a cross-encoder training run depends on; serialises to JSON next to the weights."""
-
-    data: str  # a BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)
-    output: str  # where the CrossEncoder folder is written (atomically)
-    split: str = "train"
-    base_model: str = "minilm"  # alias, local folder or hub name of an encoder (BERT-like)
-    loss: str = "listwise"  # "listwise" (softmax over 1 positive + negatives) or "bce" (pointwise)
-    max_seq_length: int = 256
-    batch_size: int = 32  # (query, passage) pairs per step; listwise: batch_size // (1 + num_negatives) groups
-    epochs: int = 1
-    max_steps: int | None = None  # stop after this many optimizer steps (None: run all epochs)
-    learning_rate: float = 5e-5
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    num_negatives: int = 7  # hard negatives per (query, positive) pair
-    negatives_depth: int = 30  # negatives are sampled from the BM25 top-`negatives_depth`
-    max_queries: int | None = None  # use only the first N train queries (quick experiments)
-    seed: int = 42
-    device: str | None = None  # None: cuda when available, else cpu
-    show_progress: bool = True
-
-    def __post_init__(self) -> None:
-        for name in ("max_seq_length", "batch_size", "epochs", "num_negatives", "negatives_depth"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"CrossEncoderTrainingConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"CrossEncoderTrainingConfig.max_steps must be >= 1 or None, got {self.max_steps}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"CrossEncoderTrainingConfig.loss must be one of {LOSSES}, got {self.loss!r}")
-        if not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"CrossEncoderTrainingConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "CrossEncoderTrainingConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown cross-encoder training option(s) {unknown}; known: {sorted(known)}")
-        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -150,7 +103,7 @@ def _random_negatives(ids: list[str], exclude: set[str], need: int, rng: random.
     return out
 
 
-def load_groups(config: CrossEncoderTrainingConfig) -> list[TrainingGroup]:
+def load_groups(config: CrossEncoderConfig) -> list[TrainingGroup]:
     """Read the BEIR split named by ``config`` and mine its training groups."""
     dataset = load_beir(config.data, config.split)
     queries = dataset.queries
@@ -161,138 +114,103 @@ def load_groups(config: CrossEncoderTrainingConfig) -> list[TrainingGroup]:
                                config.seed, config.show_progress)
 
 
-def _batches(items: list[Any], batch_size: int, epochs: int, seed: int) -> list[list[Any]]:
-    rng = random.Random(seed)
-    out = []
-    for _ in range(epochs):
-        order = list(items)
-        rng.shuffle(order)
-        out.extend(order[i:i + batch_size] for i in range(0, len(order), batch_size))
-    return out
-
-
-def plan_batches(groups: list[TrainingGroup], config: CrossEncoderTrainingConfig) -> list[list[Any]]:
-    """The step batches: whole groups for ``listwise``, shuffled (query, passage, label) rows for ``bce``."""
-    if config.loss == "listwise":
-        per_step = max(1, config.batch_size // (1 + config.num_negatives))
-        batches = _batches(groups, per_step, config.epochs, config.seed)
-    else:
-        rows = [row for g in groups for row in g.pairs()]
-        batches = _batches(rows, config.batch_size, config.epochs, config.seed)
-    return batches if config.max_steps is None else batches[: config.max_steps]
-
-
-def _build_model(config: CrossEncoderTrainingConfig) -> Any:
-    try:
-        import torch
-        from sentence_transformers import CrossEncoder
-    except ImportError as exc:
-        raise MissingDependency("cross-encoder training needs: pip install 'retrievekit[train]'") from exc
-    device = config.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    ref = resolve_model(config.base_model)
-    return CrossEncoder(ref.path, num_labels=1, max_length=config.max_seq_length, device=device)
-
-
-def _logits(model: Any, pairs: list[tuple[str, str]]) -> Any:
-    from sentence_transformers.util import batch_to_device
-
-    features = batch_to_device(model.preprocess(pairs), model.device)
-    return model(features)["scores"].view(-1)
-
-
-def listwise_loss(model: Any, groups: list[TrainingGroup]) -> Any:
-    """Mean softmax cross-entropy of each group's logits with its positive (index 0) as the target."""
-    import torch
-
-    size = 1 + len(groups[0].negatives)
-    logits = _logits(model, [(q, p) for g in groups for q, p, _ in g.pairs()]).view(len(groups), size)
-    return torch.nn.functional.cross_entropy(logits, torch.zeros(len(groups), dtype=torch.long, device=logits.device))
-
-
-def train_on_groups(model: Any, groups: list[TrainingGroup], config: CrossEncoderTrainingConfig) -> list[float]:
-    """Train ``model`` in place with ``config.loss``; returns the loss of every step."""
-    import torch
-    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
-    from transformers import get_linear_schedule_with_warmup
-
-    batches = plan_batches(groups, config)
-    bce = None
-    if config.loss == "bce":
-        bce = BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(float(config.num_negatives)))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    schedule = get_linear_schedule_with_warmup(optimizer, math.ceil(config.warmup_ratio * len(batches)), len(batches))
-    model.train()
-    losses: list[float] = []
-    bar = tqdm(batches, desc=f"Training cross-encoder ({config.loss})", unit="step", disable=not config.show_progress)
-    for batch in bar:
-        if config.loss == "listwise":
-            loss = listwise_loss(model, batch)
-        else:
-            labels = torch.tensor([label for _, _, label in batch], device=model.device)
-            loss = bce([[q for q, _, _ in batch], [p for _, p, _ in batch]], labels)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{sum(losses[-20:]) / len(losses[-20:]):.3f}")
-    model.eval()
-    return losses
-
-
-def train_cross_encoder(config: CrossEncoderTrainingConfig) -> Path:
-    """Mine pairs, fine-tune, and save a CrossEncoder folder (plus ``retrievekit_training.json``) atomically."""
-    import torch
-
-    random.seed(config.seed)
-    torch.manual_seed(config.seed)
+def training_items(config: CrossEncoderConfig) -> list[Any]:
+    """Whole groups for ``listwise``; their (query, passage, label) rows for ``bce``."""
     groups = load_groups(config)
-    model = _build_model(config)
-    start = time.perf_counter()
-    losses = train_on_groups(model, groups, config)
-    seconds = time.perf_counter() - start
-    logger.info("trained %d steps in %.0f s; loss %.3f -> %.3f", len(losses), seconds, losses[0], losses[-1])
-    record = {"config": config.to_dict(), "n_groups": len(groups), "steps": len(losses),
-              "train_seconds": round(seconds, 1), "losses": [round(x, 5) for x in losses]}
-    with atomic_dir(config.output) as tmp:
-        model.save_pretrained(str(tmp))
-        (tmp / TRAINING_FILE).write_text(json.dumps(record, indent=2), encoding="utf-8")
-    logger.info("saved cross-encoder to %s", config.output)
-    return Path(config.output)
+    return groups if config.loss == "listwise" else [row for g in groups for row in g.pairs()]
 
 
-def add_arguments(parser: Any) -> None:
-    """Add one ``--flag`` per config field to an argparse parser (``retrieval train cross-encoder`` uses this)."""
-    defaults = CrossEncoderTrainingConfig(data="", output="")
-    for f in fields(CrossEncoderTrainingConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name in ("data", "output"):
-            parser.add_argument(flag, required=True, help="BEIR folder" if f.name == "data" else "output folder")
-        elif f.name == "show_progress":
-            parser.add_argument("--no-progress", dest="show_progress", action="store_false")
-        else:
-            kind = {"int": int, "float": float, "int | None": int}.get(str(f.type), str)
-            parser.add_argument(flag, type=kind, default=getattr(defaults, f.name),
-                                help=f"default: {getattr(defaults, f.name)}")
+class ListwiseLoss(nn.Module):
+    """Mean softmax cross-entropy of each group's logits, with its positive (first of the group) as the target."""
+
+    def __init__(self, model: Any, group_size: int) -> None:
+        super().__init__()
+        self.model = model
+        self.group_size = group_size
+
+    def forward(self, features: list[dict[str, Any]], labels: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.model(features[0])["scores"].view(-1, self.group_size)
+        target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
+        return nn.functional.cross_entropy(logits, target)
 
 
-def config_from_args(args: Any) -> CrossEncoderTrainingConfig:
-    """The config from parsed arguments; other attributes of ``args`` (e.g. a subcommand name) are ignored."""
-    return CrossEncoderTrainingConfig(**{f.name: getattr(args, f.name) for f in fields(CrossEncoderTrainingConfig)})
+class PointwiseLoss(nn.Module):
+    """Binary cross-entropy on each pair's logit, positives weighted by ``pos_weight`` (as ST's BinaryCrossEntropyLoss)."""
+
+    def __init__(self, model: Any, pos_weight: float) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("pos_weight", torch.tensor(float(pos_weight)), persistent=False)
+
+    def forward(self, features: list[dict[str, Any]], labels: torch.Tensor | None = None) -> torch.Tensor:
+        if labels is None:
+            raise ValueError("the bce loss needs a label per (query, passage) pair")
+        logits = self.model(features[0])["scores"].view(-1)
+        return nn.functional.binary_cross_entropy_with_logits(logits, labels, pos_weight=self.pos_weight)
+
+
+class CrossEncoderObjective:
+    """Batches of (query, passage) pairs: whole groups for ``listwise``, labelled rows for ``bce``."""
+
+    name = "cross-encoder"
+
+    def __init__(self, model: Any, loss: str = "listwise", num_negatives: int = 7) -> None:
+        self.listwise = loss == "listwise"
+        self.loss = ListwiseLoss(model, 1 + num_negatives) if self.listwise else PointwiseLoss(model, num_negatives)
+
+    def make_batch(self, items: list[Any], rng: random.Random) -> Batch:
+        if self.listwise:
+            return Batch([[(q, p) for group in items for q, p, _ in group.pairs()]])
+        return Batch([[(q, p) for q, p, _ in items]], [label for _, _, label in items])
+
+
+def build(config: CrossEncoderConfig, model: Any, items: list[Any]) -> CrossEncoderObjective:
+    return CrossEncoderObjective(model, loss=config.loss, num_negatives=config.num_negatives)
+
+
+class CrossEncoderKind:
+    """Load/save/evaluate for cross-encoders (see :class:`training.objective.ModelKind`)."""
+
+    def load(self, config: CrossEncoderConfig, device: str) -> Any:
+        from sentence_transformers import CrossEncoder
+
+        return CrossEncoder(resolve_model(config.base).path, num_labels=1, max_length=config.max_seq_length,
+                            device=device)
+
+    def save(self, model: Any, config: CrossEncoderConfig, folder: Path) -> None:
+        model.save_pretrained(str(folder))
+
+    def evaluate(self, model: Any, config: CrossEncoderConfig, run_path: Path, cache: str | None) -> dict[str, Any]:
+        """BM25's top ``eval_depth`` reranked by ``model`` on ``config.eval_beir`` (``cache`` is not needed)."""
+        from retrieval.eval.pipeline import evaluate_retriever
+        from retrieval.rerank.cross_encoder import CrossEncoderReranker
+        from retrieval.retriever import Retriever
+
+        data = load_beir(config.eval_beir, config.eval_split)
+        old_length, was_training = model.max_seq_length, model.training
+        model.max_seq_length = config.eval_max_seq_length
+        try:
+            started = time.perf_counter()
+            reranker = CrossEncoderReranker(model, batch_size=config.eval_batch_size, show_progress=config.show_progress)
+            retriever = Retriever.from_documents(data.corpus(), "bm25", reranker=reranker,
+                                                 rerank_depth=config.eval_depth, show_progress=config.show_progress)
+            result = evaluate_retriever(retriever, data, k=max(100, config.eval_depth), run_out=run_path)
+        finally:
+            model.max_seq_length = old_length
+            model.train(was_training)
+        logger.info("%s/%s: nDCG@10 %.4f (BM25 top-%d reranked)", Path(config.eval_beir).name, config.eval_split,
+                    result.metrics["nDCG@10"], config.eval_depth)
+        return {**result.metrics, "eval_seconds": time.perf_counter() - started}
+
+
+MODEL = CrossEncoderKind()
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m training.cross_encoder --data DIR --output DIR [options]``."""
-    import argparse
+    """``python -m training.cross_encoder --data DIR --out DIR [options]``: ``retrieval train cross-encoder``."""
+    from training.cli import main as cli_main
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    folder = train_cross_encoder(config_from_args(args))
-    print(folder)
-    return 0
+    return cli_main(["cross-encoder", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

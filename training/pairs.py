@@ -26,7 +26,8 @@ from pathlib import Path
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
-from training.config import PAIR_SOURCES
+from training.bi_encoder import BI_ENCODER
+from training.config import PAIR_SOURCES, PairsConfig
 from training.objective import Batch
 from training.sentences import read_corpus, split_sentences
 
@@ -104,3 +105,15 @@ class Pairs:
     def make_batch(self, documents: list[DocumentParts], rng: random.Random) -> Batch:
         pairs = [make_pair(d, self.pair_source, rng) for d in documents]
         return Batch([[a for a, _ in pairs], [p for _, p in pairs]])
+
+
+MODEL = BI_ENCODER
+
+
+def training_items(config: PairsConfig) -> list[DocumentParts]:
+    """The corpus documents that give a pair (``max_sentences`` caps the number of documents)."""
+    return corpus_documents(config.corpus, config.pair_source, config.min_words, config.max_sentences)
+
+
+def build(config: PairsConfig, model: SentenceTransformer, items: list[DocumentParts]) -> Pairs:
+    return Pairs(model, pair_source=config.pair_source)

@@ -18,6 +18,8 @@ import random
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
+from training.bi_encoder import BI_ENCODER, sentence_items
+from training.config import SimCSEConfig
 from training.objective import Batch
 
 
@@ -34,3 +36,15 @@ class SimCSE:
 
     def make_batch(self, sentences: list[str], rng: random.Random) -> Batch:
         return Batch([list(sentences), list(sentences)])
+
+
+MODEL = BI_ENCODER
+
+
+def training_items(config: SimCSEConfig) -> list[str]:
+    """SimCSE trains on corpus sentences."""
+    return sentence_items(config)
+
+
+def build(config: SimCSEConfig, model: SentenceTransformer, items: list[str]) -> SimCSE:
+    return SimCSE(model, temperature=config.temperature)

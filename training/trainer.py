@@ -1,17 +1,18 @@
-"""``run(config)``: train one objective on a corpus, with seeding, checkpoints, resume and before/after eval.
+"""``run(config)``: train any registered objective, with seeding, checkpoints, resume and before/after eval.
 
-The loop is a plain PyTorch loop (fused AdamW, linear warmup/decay, grad clipping) over sentence batches, so
-every step is reproducible from ``(seed, step)``: batch order is a seeded permutation per epoch, noise
-and pair sampling use ``random.Random`` seeded by the step, and dropout uses torch's RNG, saved in each
-checkpoint. Checkpoints hold tensors and plain types only (``torch.save``; loaded with
-``weights_only=True``) and are written atomically, so a killed run resumes from its last one.
+The loop is a plain PyTorch loop (fused AdamW, linear warmup/decay, grad clipping) over batches of
+training items, so every step is reproducible from ``(seed, step)``: batch order is a seeded permutation
+per epoch, noise and pair sampling use ``random.Random`` seeded by the step, and dropout uses torch's RNG,
+saved in each checkpoint (:mod:`training.checkpoints`). A killed run resumes from its newest readable
+checkpoint and ends bit-identical to an uninterrupted one.
 
-Run folder layout::
+Run folder layout (:mod:`training.run_folder`)::
 
-    OUT/config.json          the TrainConfig
-    OUT/checkpoints/step-N/  model+loss state, optimizer, scheduler, RNG, trainer.json
-    OUT/model/               the result, a sentence-transformers folder (``Retriever(model=OUT/model)``)
-    OUT/metrics.json         sentences, steps, time, steps/s, losses, before/after BEIR metrics and a paired
+    OUT/config.json          objective, config fields, fingerprint of the training data
+    OUT/checkpoints/step-N/  model+loss state, optimizer, scheduler, RNG, trainer.json (with SHA-256s)
+    OUT/model/               the result: a sentence-transformers folder (``Retriever(model=OUT/model)``,
+                             or ``load_reranker("cross-encoder:OUT/model")`` for a cross-encoder)
+    OUT/metrics.json         items, steps, time, steps/s, losses, before/after metrics and a paired
                              randomisation test of after against before (nDCG@10 per query)
     OUT/eval/{before,after}.trec   the evaluation runs (with ``eval_beir``)
 """
@@ -21,34 +22,23 @@ import json
 import logging
 import math
 import random
-import re
-import shutil
-import sys
 import time
-import types
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from sentence_transformers import SentenceTransformer
 from tqdm.auto import tqdm
 
-from retrieval.models import resolve_model
 from retrieval.persistence import atomic_dir, atomic_write_text
 
-from training.config import RESUME_MAY_CHANGE, TrainConfig
-from training.contrastive_tension import ContrastiveTension
-from training.noise import NoiseConfig
-from training.objective import Batch, Objective
-from training.pairs import Pairs, corpus_documents
-from training.sentences import SentenceOptions, corpus_sentences
-from training.simcse import SimCSE
-from training.tsdae import TSDAE
+from training.checkpoints import apply_checkpoint, newest_readable, save_checkpoint
+from training.config import RunConfig
+from training.objective import Batch, Objective, ObjectiveModule
+from training.registry import objective_name, registered
+from training.run_folder import check_folder, check_same_data, data_fingerprint, remove_leftovers, write_run
 
 logger = logging.getLogger(__name__)
-
-CHECKPOINT_FORMAT = 1
 
 
 def seed_everything(seed: int) -> None:
@@ -62,46 +52,6 @@ def pick_device(device: str | None) -> str:
     return device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_base(base: str, pooling: str, objective: str, device: str) -> SentenceTransformer:
-    """A sentence-transformers model from an alias, a local folder or a hub name.
-
-    ``pooling="auto"`` keeps a sentence-transformers folder as it is; a plain transformers encoder gets
-    [CLS] pooling for TSDAE (as in the paper) and mean pooling otherwise.
-    """
-    from sentence_transformers.sentence_transformer.modules import Pooling, Transformer
-
-    path = resolve_model(base).path
-    is_st = (Path(path) / "modules.json").exists()
-    if is_st and pooling == "auto":
-        model = SentenceTransformer(path, device=device)
-    else:
-        mode = pooling if pooling != "auto" else ("cls" if objective == "tsdae" else "mean")
-        encoder = Transformer(path)
-        model = SentenceTransformer(modules=[encoder, Pooling(encoder.get_embedding_dimension(), mode)], device=device)
-    return model
-
-
-def training_items(config: TrainConfig) -> list[Any]:
-    """What one batch row is made from: a corpus sentence, or for ``pairs`` a document's parts."""
-    if config.objective == "pairs":
-        return corpus_documents(config.corpus, config.pair_source, config.min_words, config.max_sentences)
-    return corpus_sentences(config.corpus, SentenceOptions(config.min_words, config.max_words,
-                                                           max_sentences=config.max_sentences))
-
-
-def build_objective(config: TrainConfig, model: SentenceTransformer, sentences: list[Any]) -> Objective:
-    """The objective named by ``config.objective`` with its settings."""
-    if config.objective == "pairs":
-        return Pairs(model, pair_source=config.pair_source)
-    if config.objective == "tsdae":
-        noise = NoiseConfig(kind=config.noise, ratio=config.noise_ratio, unit=config.noise_unit)
-        return TSDAE(model, noise=noise, tie_weights=config.tie_weights)
-    if config.objective == "simcse":
-        return SimCSE(model, temperature=config.temperature)
-    return ContrastiveTension(model, variant=config.ct_variant, sentences=sentences,
-                              pos_neg_ratio=config.pos_neg_ratio)
-
-
 def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -> torch.optim.lr_scheduler.LambdaLR:
     """Linear warmup to the base lr over ``warmup`` steps, then linear decay to 0 at ``total``."""
     def factor(step: int) -> float:
@@ -112,13 +62,13 @@ def linear_schedule(optimizer: torch.optim.Optimizer, warmup: int, total: int) -
 
 
 class BatchPlan:
-    """Which sentences form step ``s``: a seeded permutation per epoch, cut into full batches."""
+    """Which items form step ``s``: a seeded permutation per epoch, cut into full batches."""
 
     def __init__(self, n: int, batch_size: int, seed: int) -> None:
         self.n, self.batch_size, self.seed = n, batch_size, seed
         self.steps_per_epoch = n // batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{n} training sentences are fewer than one batch of {batch_size}")
+            raise ValueError(f"{n} training items are fewer than one batch of {batch_size}")
         self._epoch, self._order = -1, np.arange(0)
 
     def indices(self, step: int) -> np.ndarray:
@@ -128,8 +78,8 @@ class BatchPlan:
         return self._order[i * self.batch_size:(i + 1) * self.batch_size]
 
 
-def to_features(model: SentenceTransformer, batch: Batch, device: str) -> tuple[list[dict[str, Any]], torch.Tensor | None]:
-    """Tokenise each column and move tensors to ``device``."""
+def to_features(model: Any, batch: Batch, device: str) -> tuple[list[dict[str, Any]], torch.Tensor | None]:
+    """Tokenise each column with the model's ``preprocess`` and move tensors to ``device``."""
     features = []
     for column in batch.columns:
         raw = model.preprocess(column)
@@ -138,119 +88,33 @@ def to_features(model: SentenceTransformer, batch: Batch, device: str) -> tuple[
     return features, labels
 
 
-# ---- checkpoints -------------------------------------------------------------------------------------
-
-def checkpoint_dirs(out: Path) -> list[Path]:
-    """Finished checkpoints, oldest first."""
-    folder = out / "checkpoints"
-    found = [p for p in folder.glob("step-*") if p.is_dir() and re.fullmatch(r"step-\d+", p.name)] if folder.is_dir() else []
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
-
-
-def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def save_checkpoint(out: Path, step: int, loss: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, losses: list[float], keep: int) -> Path:
-    """Write ``checkpoints/step-N`` atomically (temp folder + rename) and prune old ones."""
-    target = out / "checkpoints" / f"step-{step:07d}"
-    with atomic_dir(target) as tmp:
-        torch.save(loss.state_dict(), tmp / "loss_state.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
-        (tmp / "trainer.json").write_text(json.dumps({"format_version": CHECKPOINT_FORMAT, "step": step,
-                                                      "losses": losses}), encoding="utf-8")
-    for old in checkpoint_dirs(out)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
-
-
-def load_checkpoint(folder: Path, loss: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                    scheduler: torch.optim.lr_scheduler.LRScheduler, device: str) -> tuple[int, list[float]]:
-    """Restore everything ``save_checkpoint`` wrote; returns ``(step, losses)``."""
-    meta = json.loads((folder / "trainer.json").read_text(encoding="utf-8"))
-    if meta.get("format_version") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{folder / 'trainer.json'}: checkpoint format {meta.get('format_version')}, "
-                         f"this version reads {CHECKPOINT_FORMAT}")
-    loss.load_state_dict(torch.load(folder / "loss_state.pt", map_location=device, weights_only=True))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=device, weights_only=True))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=True))
-    rng = torch.load(folder / "rng.pt", weights_only=True)
-    torch.set_rng_state(rng["torch"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return int(meta["step"]), [float(x) for x in meta["losses"]]
-
-
-# ---- the run -----------------------------------------------------------------------------------------
-
-def prepare_out(config: TrainConfig) -> Path:
-    """Create the run folder and save the config; on resume check the saved config matches."""
-    out = Path(config.out)
-    saved = out / "config.json"
-    if saved.exists():
-        if not config.resume:
-            raise FileExistsError(f"{out}: already holds a run (config.json); pass resume=True (--resume) "
-                                  f"to continue it, or choose another output folder")
-        old = TrainConfig.from_json(saved).to_dict()
-        new = config.to_dict()
-        changed = sorted(k for k in new if k not in RESUME_MAY_CHANGE and old.get(k) != new[k])
-        if changed:
-            raise ValueError(f"{saved}: cannot resume with different settings: "
-                             + ", ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in changed))
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, config.to_json())
-    return out
-
-
-def _eval(config: TrainConfig, model: SentenceTransformer, cache: str | None,
-          run_path: Path | None = None) -> dict[str, float] | None:
-    if not config.eval_beir:
-        return None
-    from training.evaluate import evaluate_on_beir
-
-    return evaluate_on_beir(model, config.eval_beir, config.eval_split, config.eval_max_seq_length,
-                            config.eval_batch_size, cache=cache, show_progress=config.show_progress,
-                            run_path=run_path)
-
-
-def base_vectors_cache(config: TrainConfig, model: SentenceTransformer) -> str | None:
-    """Cache key for the base model's corpus vectors: base, pooling, data, split, length."""
-    if not config.eval_cache_dir:
-        return None
-    pooling = next((str(m.pooling_mode) for m in model if hasattr(m, "pooling_mode")), "none")
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{config.base}-{pooling}")
-    return str(Path(config.eval_cache_dir) / f"{slug}-{Path(config.eval_beir or '').name}-"
-               f"{config.eval_split}-{config.eval_max_seq_length}")
-
-
-def train_steps(config: TrainConfig, model: SentenceTransformer, objective: Objective, sentences: list[Any],
-                out: Path, device: str) -> dict[str, Any]:
-    """The optimisation loop, resuming from the last checkpoint when ``config.resume``."""
-    batch_size = config.effective_batch_size
-    plan = BatchPlan(len(sentences), batch_size, config.seed)
-    total = config.max_steps or config.epochs * plan.steps_per_epoch
-    loss_fn = objective.loss.to(device)
+def _optimizer(config: RunConfig, loss_fn: torch.nn.Module, device: str, total: int
+               ) -> tuple[list[torch.nn.Parameter], torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """Fused AdamW over the trainable parameters, with linear warmup then decay over ``total`` steps."""
     params = [p for p in loss_fn.parameters() if p.requires_grad]
     fused = torch.device(device).type in ("cpu", "cuda")  # the fused kernel, as transformers' Trainer uses
-    optimizer = torch.optim.AdamW(params, lr=config.effective_lr, weight_decay=config.weight_decay, fused=fused)
-    scheduler = linear_schedule(optimizer, math.ceil(config.warmup_ratio * total), total)
+    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay, fused=fused)
+    return params, optimizer, linear_schedule(optimizer, math.ceil(config.warmup_ratio * total), total)
+
+
+def train_steps(config: RunConfig, model: Any, objective: Objective, items: list[Any], out: Path,
+                device: str) -> dict[str, Any]:
+    """The optimisation loop, resuming from the newest readable checkpoint when ``config.resume``."""
+    plan = BatchPlan(len(items), config.items_per_step(), config.seed)
+    total = config.max_steps or config.epochs * plan.steps_per_epoch
+    loss_fn = objective.loss.to(device)
+    params, optimizer, scheduler = _optimizer(config, loss_fn, device, total)
     start, losses = 0, []
-    found = checkpoint_dirs(out) if config.resume else []
-    if found:
-        start, losses = load_checkpoint(found[-1], loss_fn, optimizer, scheduler, device)
-        logger.info("resuming from %s (step %d of %d)", found[-1], start, total)
+    checkpoint = newest_readable(out, device) if config.resume else None
+    if checkpoint is not None:
+        start, losses = apply_checkpoint(checkpoint, loss_fn, optimizer, scheduler)
+        logger.info("resuming from %s (step %d of %d)", checkpoint.folder, start, total)
     loss_fn.train()
-    bar = tqdm(total=total, initial=start, desc=f"{config.objective}", disable=not config.show_progress)
+    bar = tqdm(total=total, initial=start, desc=objective.name, disable=not config.show_progress)
     step_seconds = 0.0
     for step in range(start, total):
         began = time.perf_counter()
-        batch = objective.make_batch([sentences[i] for i in plan.indices(step)], random.Random(config.seed * 1_000_003 + step))
+        batch = objective.make_batch([items[i] for i in plan.indices(step)], random.Random(config.seed * 1_000_003 + step))
         features, labels = to_features(model, batch, device)
         loss = loss_fn(features, labels)
         loss.backward()
@@ -266,44 +130,62 @@ def train_steps(config: TrainConfig, model: SentenceTransformer, objective: Obje
             save_checkpoint(out, step + 1, loss_fn, optimizer, scheduler, losses, config.keep_checkpoints)
     bar.close()
     trained = total - start
-    return {"steps": total, "steps_this_session": trained, "resumed_from": start, "batch_size": batch_size,
-            "lr": config.effective_lr, "train_seconds": step_seconds,
+    return {"steps": total, "steps_this_session": trained, "resumed_from": start, "batch_size": config.batch_size,
+            "lr": config.lr, "train_seconds": step_seconds,
             "steps_per_second": trained / step_seconds if step_seconds else None, "losses": losses}
 
 
-def run(config: TrainConfig) -> Path:
-    """Train ``config.objective`` on ``config.corpus`` from ``config.base``; return the saved model folder."""
-    out = prepare_out(config)
+def _evaluate(module: ObjectiveModule, config: RunConfig, model: Any, metrics: dict[str, Any], out: Path,
+              when: str) -> None:
+    """Evaluate ``model`` on ``config.eval_beir`` into ``metrics[when]`` (the base's corpus vectors are cached)."""
+    run_path = out / "eval" / f"{when}.trec"
+    cache = config.eval_cache_dir if when == "before" else None
+    metrics[when] = module.MODEL.evaluate(model, config, run_path, cache)
+    if when == "after":
+        from training.evaluate import compare_with_before
+
+        metrics["after_vs_before"] = compare_with_before(config.eval_beir, config.eval_split,
+                                                         out / "eval" / "before.trec", run_path)
+        logger.info("after vs before: nDCG@10 %+.4f, paired randomisation p = %.4f",
+                    metrics["after_vs_before"]["mean_diff"], metrics["after_vs_before"]["p_value"])
+
+
+def _prepare(config: RunConfig, module: ObjectiveModule) -> tuple[Path, list[Any]]:
+    """Check the run folder, read the training items, check them against a resumed run's, write config.json."""
+    saved = check_folder(config)
+    if saved is not None and (removed := remove_leftovers(Path(config.out))):
+        logger.info("removed what an interrupted run left behind: %s", ", ".join(removed))
+    items = list(module.training_items(config))
+    fingerprint = data_fingerprint(items)
+    check_same_data(saved, fingerprint, Path(config.out))
+    return write_run(config, fingerprint), items
+
+
+def run(config: RunConfig) -> Path:
+    """Train ``config``'s objective from ``config.base``; return the saved model folder (``OUT/model``)."""
+    module: ObjectiveModule = registered(objective_name(config)).load()
     device = pick_device(config.device)
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     seed_everything(config.seed)
-    sentences = training_items(config)
-    model = load_base(config.base, config.pooling, config.objective, device)
-    saved_length = model.max_seq_length  # the base's own limit goes into the result; training uses ours
+    out, items = _prepare(config, module)
+    model = module.MODEL.load(config, device)
+    base_length = model.max_seq_length  # the base's own limit goes into the result; training uses ours
     metrics_path = out / "metrics.json"
     metrics: dict[str, Any] = json.loads(metrics_path.read_text(encoding="utf-8")) if config.resume and metrics_path.exists() else {}
-    runs = {"before": out / "eval" / "before.trec", "after": out / "eval" / "after.trec"}
-    if config.eval_beir and ("before" not in metrics or not runs["before"].exists()):
-        metrics["before"] = _eval(config, model, base_vectors_cache(config, model), runs["before"])
+    if config.eval_beir and ("before" not in metrics or not (out / "eval" / "before.trec").exists()):
+        _evaluate(module, config, model, metrics, out, "before")
         atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
     seed_everything(config.seed)  # the same RNG stream for training whether or not we evaluated
     model.max_seq_length = config.max_seq_length
-    objective = build_objective(config, model, sentences)
-    metrics.update({"objective": config.objective, "sentences": len(sentences), "device": device,
-                    **train_steps(config, model, objective, sentences, out, device)})
-    model.max_seq_length = saved_length
+    objective = module.build(config, model, items)
+    metrics.update({"objective": objective_name(config), "items": len(items), "device": device,
+                    **train_steps(config, model, objective, items, out, device)})
+    model.max_seq_length = base_length
     with atomic_dir(out / "model") as tmp:
-        model.save(str(tmp))
+        module.MODEL.save(model, config, tmp)
     if config.eval_beir:
-        from training.evaluate import compare_with_before
-
-        metrics["after"] = _eval(config, model, None, runs["after"])
-        metrics["after_vs_before"] = compare_with_before(config.eval_beir, config.eval_split, runs["before"],
-                                                         runs["after"])
-        logger.info("after vs before: nDCG@10 %+.4f, paired randomisation p = %.4f",
-                    metrics["after_vs_before"]["mean_diff"], metrics["after_vs_before"]["p_value"])
+        _evaluate(module, config, model, metrics, out, "after")
     atomic_write_text(metrics_path, json.dumps(metrics, indent=2))
     logger.info("saved %s", out / "model")
     return out / "model"
-

@@ -29,6 +29,8 @@ from sentence_transformers.sentence_transformer.modules import Normalize
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from training.bi_encoder import BI_ENCODER, sentence_items
+from training.config import TSDAEConfig
 from training.noise import NoiseConfig, noisy_batch
 from training.objective import Batch
 
@@ -123,3 +125,15 @@ class TSDAE:
 
     def make_batch(self, sentences: list[str], rng: random.Random) -> Batch:
         return Batch([noisy_batch(sentences, self.noise, rng, self.tokenizer), list(sentences)])
+
+
+MODEL = BI_ENCODER
+
+
+def training_items(config: TSDAEConfig) -> list[str]:
+    """TSDAE trains on corpus sentences."""
+    return sentence_items(config)
+
+
+def build(config: TSDAEConfig, model: SentenceTransformer, items: list[str]) -> TSDAE:
+    return TSDAE(model, noise=config.noise_config(), tie_weights=config.tie_weights)
