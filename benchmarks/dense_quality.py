@@ -29,6 +29,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from retrieval.sparse.searcher import BM25Searcher  # noqa: E402
 from retrieval.data import load_beir  # noqa: E402
+from retrieval.datasets import data_dir  # noqa: E402
 from retrieval.dense.searcher import DenseSearcher  # noqa: E402
 from retrieval.docstore import DocStore  # noqa: E402
 from retrieval.dense.encoders import BiEncoder, load_encoder  # noqa: E402
@@ -88,7 +89,7 @@ def latency(retriever: Retriever, queries: list[str], n: int) -> dict[str, float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--data", default=str(data_dir(default=REPO.parent / "shared" / "data")))
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--latency-queries", type=int, default=100)

@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from retrieval.dense.cpu import has_fast_bf16, has_fast_int8  # noqa: E402
 from retrieval.data import iter_documents  # noqa: E402
+from retrieval.datasets import data_dir  # noqa: E402
 from retrieval.dense.encoders import load_encoder  # noqa: E402
 from retrieval.errors import MissingDependency  # noqa: E402
 from retrieval.models import resolve_model  # noqa: E402
@@ -37,7 +38,7 @@ logger = logging.getLogger("dense_speed")
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    ap.add_argument("--data", default=str(data_dir(default=REPO.parent / "shared" / "data")))
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--docs", type=int, default=320)
     ap.add_argument("--chunk", type=int, default=64)

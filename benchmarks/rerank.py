@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from retrieval.data import load_beir  # noqa: E402
+from retrieval.datasets import data_dir  # noqa: E402
 from retrieval.eval.metrics import evaluate, write_trec_run  # noqa: E402
 from retrieval.rerank import describe, interpolate_first_stage, load_reranker, parse_option  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
@@ -32,7 +33,7 @@ METRICS = ("nDCG@10", "Recall@10", "MRR@10")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="data root or a BEIR folder")
+    parser.add_argument("--data", default=str(data_dir(default=REPO.parent / "shared" / "data")), help="data root or a BEIR folder")
     parser.add_argument("--dataset", default="beir/scifact")
     parser.add_argument("--split", default="test")
     parser.add_argument("--reranker", required=True, help="a load_reranker spec, e.g. cross-encoder:FOLDER")

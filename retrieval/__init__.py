@@ -23,11 +23,13 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 _LAZY = {
     "BiEncoder": "dense.encoders", "EncoderConfig": "dense.encoders", "load_encoder": "dense.encoders",
     "DenseSearcher": "dense.searcher", "IndexConfig": "dense.searcher", "HybridSearcher": "hybrid.searcher",
+    "FusionConfig": "hybrid.searcher",
     "BM25Searcher": "sparse.searcher", "CrossEncoderReranker": "rerank.cross_encoder",
     "load_reranker": "rerank.registry", "YesNoReranker": "rerank.llm.pointwise",
     "RatingReranker": "rerank.llm.pointwise", "ListwiseReranker": "rerank.llm.listwise",
     "load_backend": "rerank.llm.backends", "MTEBEncoder": "eval.mteb_adapter", "run_task": "eval.mteb_tasks",
     "run_benchmark": "bench.report", "resolve_model": "models",
+    "evaluate_retriever": "eval.pipeline", "CachedEncoder": "dense.cache", "data_dir": "datasets",
 }
 
 

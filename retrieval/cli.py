@@ -1,69 +1,119 @@
-"""The ``retrieval`` command: index, search, eval, demo (and train / benchmark when installed).
+"""The ``retrieval`` command: index, search, eval, demo, benchmark and train.
 
-Only this module prints; library code logs. Bad input exits with status 2 and a one-line message.
+Only this module prints; library code logs. The command sets are composed here, explicitly: the library's
+own commands, ``benchmark`` (:mod:`retrieval.bench.report`) and ``train`` (:mod:`training.cli`; when its
+optional dependencies are missing, ``train`` still exists and says what to install).
+
+Bad input (a file, an index folder, a flag, an LLM server) is one line ``retrieval CMD: error: ...`` that
+names the thing, and exit status 2. Anything else is a bug: one line and exit status 1, or, with ``-v``,
+the traceback.
 """
 from __future__ import annotations
 
 import argparse
-import importlib
+import csv
+import gzip
 import json
 import logging
+import re
+import struct
 import sys
 import time
+import traceback
+import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-from retrieval.data import DataError, load_beir
-from retrieval.errors import IndexFormatError, MissingDependency
-from retrieval.eval.metrics import evaluate, format_metrics, write_json_run, write_trec_run
-from retrieval.retriever import METHODS, Retriever
+from retrieval.bench.report import add_benchmark_command
+from retrieval.data import load_beir
+from retrieval.errors import DataError, IndexFormatError, LLMError, MissingDependency
+from retrieval.eval.metrics import format_metrics
+from retrieval.eval.pipeline import evaluate_retriever
+from retrieval.options import add_build_flags, options_from_args
+from retrieval.retriever import Retriever
 from retrieval.types import Hit
 
-USER_ERRORS = (DataError, IndexFormatError, MissingDependency, OSError, KeyError, ValueError)
-# Extra sub-commands living next to the code they drive: (module, function adding the sub-parser).
-PLUGINS = (("training.cli", "add_train_command"), ("retrieval.bench.report", "add_benchmark_command"))
+logger = logging.getLogger(__name__)
+
+# Optional packages -> the extra of retrievekit that installs them (for the hint when one is missing).
+EXTRAS = {"torch": "dense", "sentence_transformers": "dense", "faiss": "dense", "transformers": "llm",
+          "accelerate": "llm", "gguf": "llm", "onnxruntime": "onnx", "onnx": "onnx", "matplotlib": "report",
+          "sklearn": "report", "mteb": "mteb", "rank_bm25": "reference", "datasets": "train"}
+# What reading a damaged file raises from the standard library, which names no file: what each means.
+READ_ERRORS = {EOFError: "truncated file", gzip.BadGzipFile: "not a valid gzip file", zlib.error: "damaged compressed data",
+               csv.Error: "unreadable CSV/TSV", struct.error: "damaged binary data", UnicodeError: "bad text encoding"}
+# What loading a damaged index raises from FAISS, numpy and json besides our own IndexFormatError.
+INDEX_LOAD_ERRORS = (RuntimeError, ValueError, KeyError, *READ_ERRORS)
 
 
-def _build_options(args: argparse.Namespace) -> dict[str, Any]:
-    """First-stage build options from the flags that were given (unset flags keep library defaults)."""
-    names = ["tokenizer", "variant", "k1", "b", "model", "index", "batch_size", "max_seq_length", "nprobe",
-             "ef_search", "backend", "fusion", "weight", "rrf_k", "depth"]
-    opts = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
-    for flag in ("int8", "bf16"):
-        if getattr(args, flag, False):
-            opts[flag] = True
-    if args.method == "bm25":
-        opts = {k: v for k, v in opts.items() if k in ("tokenizer", "variant", "k1", "b")}
-    elif args.method == "dense":
-        hybrid_only = ("tokenizer", "variant", "k1", "b", "fusion", "weight", "rrf_k", "depth")
-        opts = {k: v for k, v in opts.items() if k not in hybrid_only}
-    return opts
+class UsageError(ValueError):
+    """A command line that parses but does not make sense (printed like argparse's own errors, exit 2)."""
 
 
-def _add_build_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--method", choices=sorted(METHODS), default="bm25", help="first stage (default: bm25)")
-    g = p.add_argument_group("BM25")
-    g.add_argument("--tokenizer", choices=["default", "plain", "nostem"], help="tokenizer preset")
-    g.add_argument("--variant", choices=["lucene", "okapi", "robertson", "atire"], help="BM25 variant")
-    g.add_argument("--k1", type=float)
-    g.add_argument("--b", type=float)
-    g = p.add_argument_group("dense / hybrid")
-    g.add_argument("--model", help="bi-encoder: alias (minilm), local folder or hub name")
-    g.add_argument("--index", help="FAISS index: flat, hnsw, ivf, ivfpq, auto or a factory string")
-    g.add_argument("--int8", action="store_true", help="int8 CPU fast path for encoding")
-    g.add_argument("--backend", "--int8-backend", dest="backend", choices=["torch", "onnx"],
-                   help="encoder runtime: torch (default) or onnx (ONNX Runtime, CPU; fp32, or int8 with --int8)")
-    g.add_argument("--bf16", action="store_true",
-                   help="bfloat16 autocast for encoding (fast on CPUs with AMX/AVX512-BF16, and on GPUs)")
-    g.add_argument("--batch-size", dest="batch_size", type=int)
-    g.add_argument("--max-seq-length", dest="max_seq_length", type=int)
-    g.add_argument("--nprobe", type=int, help="IVF lists probed per query")
-    g.add_argument("--ef-search", dest="ef_search", type=int, help="HNSW search breadth")
-    g.add_argument("--fusion", choices=["rrf", "linear"], help="hybrid fusion (default rrf)")
-    g.add_argument("--weight", type=float, help="hybrid linear fusion: weight of the dense score (default 0.5)")
-    g.add_argument("--rrf-k", dest="rrf_k", type=float, help="hybrid RRF constant (default 60)")
-    g.add_argument("--depth", type=int, help="hybrid: candidates per first stage before fusion (default 1000)")
+# --- errors -------------------------------------------------------------------------------------
 
+def _first_line(exc: BaseException) -> str:
+    """The first line of an error's message, without the C++ location FAISS puts in front of its own."""
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+    lines = str(text).strip().splitlines()
+    line = lines[0] if lines else type(exc).__name__
+    return re.sub(r"^Error in .*? at \S+:\d+: ", "", line)
+
+
+def _naming(subject: str | None, message: str) -> str:
+    """``message``, prefixed by ``subject`` (the file or folder read) unless it already names it."""
+    return message if not subject or subject in message else f"{subject}: {message}"
+
+
+def install_hint(exc: ImportError, extra: str | None = None) -> str | None:
+    """'X is not installed: pip install ...' for a missing optional package; None for any other ImportError."""
+    name = (getattr(exc, "name", None) or "").split(".")[0]
+    if not isinstance(exc, ModuleNotFoundError) or name not in EXTRAS:
+        return None
+    return f"{name} is not installed: pip install 'retrievekit[{extra or EXTRAS[name]}]'"
+
+
+def user_error_message(exc: BaseException, subject: str | None = None, extra: str | None = None) -> str | None:
+    """The one-line message for an error caused by the input, or None when ``exc`` is a bug."""
+    if isinstance(exc, (DataError, IndexFormatError, MissingDependency, LLMError, UsageError)):
+        return _first_line(exc)
+    if isinstance(exc, re.error):
+        where = f" at position {exc.pos}" if exc.pos is not None else ""
+        return f"bad regular expression {exc.pattern!r}: {exc.msg}{where}"
+    if isinstance(exc, ModuleNotFoundError):
+        return install_hint(exc, extra)
+    meaning = next((text for kind, text in READ_ERRORS.items() if isinstance(exc, kind)), None)
+    if meaning is not None:
+        return _naming(subject, f"{meaning} ({type(exc).__name__}: {_first_line(exc)})")
+    if isinstance(exc, (OSError, ValueError)):   # OSError names its file; ValueError: a bad value given by a flag
+        return _first_line(exc)
+    return None
+
+
+def _subject(args: argparse.Namespace) -> str | None:
+    """The file or folder a command reads, to name in messages from errors that name none."""
+    for name in ("docs", "corpus", "data_dir", "data", "index_dir"):
+        if getattr(args, name, None):
+            return str(getattr(args, name))
+    return None
+
+
+def report_error(exc: BaseException, args: argparse.Namespace) -> int:
+    """Print one line for ``exc`` (plus the traceback with -v for a bug or a converted foreign error); the exit status."""
+    prefix = f"retrieval {args.command}: error:"
+    message = user_error_message(exc, _subject(args), getattr(args, "extra", None))
+    if args.verbose and (message is None or exc.__cause__ is not None):
+        traceback.print_exception(exc, file=sys.stderr)
+    if message is not None:
+        print(f"{prefix} {message}", file=sys.stderr)
+        return 2
+    if not args.verbose:
+        print(f"{prefix} unexpected {type(exc).__name__}: {_first_line(exc)} (a bug; run with -v for the traceback)",
+              file=sys.stderr)
+    return 1
+
+
+# --- commands -----------------------------------------------------------------------------------
 
 def _add_rerank_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rerank", metavar="SPEC", help="cross-encoder:FOLDER | llm-yesno[:MODEL] | llm-rating[:MODEL] | "
@@ -81,6 +131,17 @@ def _reranker(args: argparse.Namespace):
     return load_reranker(args.rerank, **dict(parse_option(o) for o in args.rerank_option))
 
 
+def open_index(path: str | Path, args: argparse.Namespace) -> Retriever:
+    """``Retriever.load``; errors FAISS, numpy or json raise on a damaged file become an IndexFormatError naming it."""
+    reranker = _reranker(args)   # loaded first: its errors are about --rerank, not the index
+    try:
+        return Retriever.load(path, reranker=reranker, rerank_depth=args.rerank_depth)
+    except (IndexFormatError, DataError, MissingDependency):
+        raise
+    except INDEX_LOAD_ERRORS as exc:
+        raise IndexFormatError(f"{path}: damaged index ({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
 def _print_hits(hits: list[Hit], width: int = 90) -> None:
     print(f"{'rank':>4}  {'score':>9}  {'id':<14}  text")
     for h in hits:
@@ -91,20 +152,21 @@ def _print_hits(hits: list[Hit], width: int = 90) -> None:
 
 def cmd_index(args: argparse.Namespace) -> int:
     from retrieval.data import iter_documents
+    from retrieval.persistence import check_index_target
 
+    check_index_target(args.out)   # refuse a folder that is not an index before spending time building
     start = time.perf_counter()
     docs = iter_documents(args.docs, format=args.format, id_field=args.id_field,
                           text_field=args.text_field, title_field=args.title_field or None)
     retriever = Retriever.from_documents(docs, method=args.method, show_progress=not args.quiet,
-                                         **_build_options(args))
+                                         **options_from_args(args))
     retriever.save(args.out)
     print(f"indexed {len(retriever)} documents with {args.method} in {time.perf_counter() - start:.1f}s -> {args.out}")
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    retriever = Retriever.load(args.index_dir, reranker=_reranker(args), rerank_depth=args.rerank_depth)
-    hits = retriever.retrieve(args.query, k=args.k)
+    hits = open_index(args.index_dir, args).retrieve(args.query, k=args.k)
     if args.json:
         print(json.dumps([h.to_dict() for h in hits], ensure_ascii=False, indent=2))
     else:
@@ -112,30 +174,42 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_paths(args: argparse.Namespace) -> None:
+    """DATA_DIR [INDEX_DIR], or the deprecated --beir-dir/--index-dir, into ``args.data_dir``/``args.index_dir``."""
+    for old, name, flag in (("beir_dir", "data_dir", "--beir-dir"), ("index_dir_flag", "index_dir", "--index-dir")):
+        value = getattr(args, old)
+        if value is None:
+            continue
+        if getattr(args, name) is not None:
+            raise UsageError(f"{name.upper()} given twice (as an argument and as {flag})")
+        logger.warning("%s is deprecated: retrieval eval DATA_DIR [INDEX_DIR]", flag)
+        setattr(args, name, value)
+    if args.data_dir is None:
+        raise UsageError("DATA_DIR is required: retrieval eval DATA_DIR [INDEX_DIR]")
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    data = load_beir(args.beir_dir, args.split)
+    _eval_paths(args)
+    data = load_beir(args.data_dir, args.split)
     start = time.perf_counter()
     if args.index_dir:
-        retriever = Retriever.load(args.index_dir, reranker=_reranker(args), rerank_depth=args.rerank_depth)
+        retriever = open_index(args.index_dir, args)
     else:
         retriever = Retriever.from_documents(data.corpus(), method=args.method, reranker=_reranker(args),
                                              rerank_depth=args.rerank_depth, show_progress=not args.quiet,
-                                             **_build_options(args))
-    built = time.perf_counter()
-    run = retriever.run(data.queries, k=args.k)
-    searched = time.perf_counter()
-    metrics = evaluate(data.qrels, run, k_values=sorted({1, 10, args.k}), ignore_identical_ids=args.ignore_identical_ids)
-    if args.run_out:
-        (write_json_run if str(args.run_out).endswith(".json") else write_trec_run)(run, args.run_out)
-    summary = {"dataset": str(args.beir_dir), "split": args.split, "method": retriever.method,
-               "queries": len(data.queries), "build_s": round(built - start, 3),
-               "search_s": round(searched - built, 3), "metrics": metrics}
+                                             **options_from_args(args))
+    build_s = time.perf_counter() - start
+    result = evaluate_retriever(retriever, data, k=args.k, run_out=args.run_out,
+                                ignore_identical_ids=True if args.ignore_identical_ids else None)
+    summary = {"dataset": str(args.data_dir), "index": args.index_dir, "split": args.split, "method": retriever.method,
+               "queries": result.n_queries, "build_s": round(build_s, 3), "search_s": round(result.search_s, 3),
+               "metrics": result.metrics}
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
         names = ("nDCG@10", "MAP@10", f"Recall@{args.k}", "MRR@10")
-        print(f"{Path(args.beir_dir).name} [{args.split}, {len(data.queries)} queries] {retriever.method}: "
-              f"{format_metrics(metrics, names)}  (search {summary['search_s']:.2f}s)")
+        print(f"{result.dataset} [{args.split}, {result.n_queries} queries] {retriever.method}: "
+              f"{format_metrics(result.metrics, names)}  (search {result.search_s:.2f}s)")
     return 0
 
 
@@ -143,11 +217,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from retrieval.sample import sample_dir
 
     data = load_beir(sample_dir(), "test")
-    methods = args.methods.split(",")
     print(f"Bundled sample: {sum(1 for _ in data.corpus())} documents, {len(data.queries)} queries\n")
     query = next(iter(data.queries.values()))
     built: dict[str, Retriever] = {}
-    for method in methods:
+    for method in args.methods.split(","):
         start = time.perf_counter()
         if method == "hybrid" and {"bm25", "dense"} <= built.keys():
             from retrieval.hybrid.searcher import HybridSearcher  # reuse both stages instead of encoding the corpus again
@@ -157,18 +230,68 @@ def cmd_demo(args: argparse.Namespace) -> int:
         else:
             retriever = Retriever.from_documents(data.corpus(), method=method, show_progress=False)
         built[method] = retriever
-        run = retriever.run(data.queries, k=100)
-        metrics = evaluate(data.qrels, run)
-        print(f"[{method}] built+searched in {time.perf_counter() - start:.1f}s   {format_metrics(metrics)}")
+        result = evaluate_retriever(retriever, data, k=100)
+        print(f"[{method}] built+searched in {time.perf_counter() - start:.1f}s   {format_metrics(result.metrics)}")
         print(f"  query: {query!r}")
         _print_hits(retriever.retrieve(query, k=3))
         print()
     return 0
 
 
+# --- the parser ---------------------------------------------------------------------------------
+
+def _unavailable(hint: str) -> Callable[[argparse.Namespace], int]:
+    def fail(args: argparse.Namespace) -> int:
+        raise MissingDependency(f"retrieval {args.command} needs {hint}")
+    return fail
+
+
+def _add_train_command(sub: argparse._SubParsersAction) -> None:
+    """``train`` from :mod:`training.cli`; without its optional dependencies, a ``train`` that names them.
+
+    Only a missing optional package (see :data:`EXTRAS`) is survived; any other ImportError is a bug and raised.
+    """
+    try:
+        from training.cli import add_train_command
+
+        add_train_command(sub)
+    except ModuleNotFoundError as exc:
+        hint = install_hint(exc, "train")
+        if hint is None:
+            raise
+        train = sub.choices.get("train") or sub.add_parser(
+            "train", help=f"adapt an embedding model (unavailable: {hint})",
+            description=f"Domain adaptation and reranker training; unavailable here: {hint}")
+        train.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+        train.set_defaults(func=_unavailable(hint))
+    sub.choices["train"].set_defaults(extra="train")
+
+
+def _add_eval_command(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate on a BEIR folder (nDCG@10, MAP@10, Recall@k, MRR@10)",
+                       usage="%(prog)s DATA_DIR [INDEX_DIR] [options]",
+                       description="Build an index from DATA_DIR's corpus (or open INDEX_DIR) and score its run "
+                                   "on DATA_DIR's judged queries.")
+    p.add_argument("data_dir", nargs="?", metavar="DATA_DIR", help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/)")
+    p.add_argument("index_dir", nargs="?", metavar="INDEX_DIR",
+                   help="saved index to evaluate (default: build one from DATA_DIR with the build options)")
+    p.add_argument("--beir-dir", help=argparse.SUPPRESS)                        # deprecated: DATA_DIR
+    p.add_argument("--index-dir", dest="index_dir_flag", help=argparse.SUPPRESS)  # deprecated: INDEX_DIR
+    p.add_argument("--split", default="test")
+    p.add_argument("-k", type=int, default=100, help="results per query (and the k of Recall@k)")
+    p.add_argument("--ignore-identical-ids", action="store_true",
+                   help="drop a query's own id from its results (default: on for ArguAna and Quora, as BEIR does)")
+    p.add_argument("--run-out", help="write the run (TREC format, or JSON if the name ends in .json)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    add_build_flags(p)
+    _add_rerank_flags(p)
+    p.set_defaults(func=cmd_eval)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="retrieval", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details; tracebacks for bugs")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("index", help="index documents and save the index folder")
@@ -179,39 +302,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-field", default="text")
     p.add_argument("--title-field", default="title", help="title field ('' for none)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    _add_build_flags(p)
+    add_build_flags(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="search a saved index")
-    p.add_argument("index_dir")
+    p.add_argument("index_dir", metavar="INDEX_DIR")
     p.add_argument("query")
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=int, default=10, help="results to show")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _add_rerank_flags(p)
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("eval", help="evaluate on a BEIR folder (nDCG@10, MAP@10, Recall@k, MRR@10)")
-    p.add_argument("--beir-dir", required=True)
-    p.add_argument("--split", default="test")
-    p.add_argument("--index-dir", help="evaluate a saved index instead of building one")
-    p.add_argument("-k", type=int, default=100, help="retrieval depth (Recall@k)")
-    p.add_argument("--ignore-identical-ids", action="store_true", help="drop a query's own id (ArguAna, Quora)")
-    p.add_argument("--run-out", help="write the run (TREC format, or JSON if the name ends in .json)")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--quiet", action="store_true")
-    _add_build_flags(p)
-    _add_rerank_flags(p)
-    p.set_defaults(func=cmd_eval)
-
+    _add_eval_command(sub)
     p = sub.add_parser("demo", help="index the bundled sample and answer its queries (works offline)")
     p.add_argument("--methods", default="bm25,dense,hybrid", help="comma-separated methods")
     p.set_defaults(func=cmd_demo)
 
-    for module, func in PLUGINS:
-        try:
-            getattr(importlib.import_module(module), func)(sub)
-        except ImportError as exc:
-            logging.getLogger(__name__).debug("sub-command from %s unavailable: %s", module, exc)
+    add_benchmark_command(sub)
+    _add_train_command(sub)
     return parser
 
 
@@ -221,10 +329,11 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except USER_ERRORS as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"retrieval {args.command}: error: {message}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"retrieval {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every error ends here as one line (or a traceback with -v)
+        return report_error(exc, args)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,25 @@ import numpy as np
 
 from retrieval.data import DataError
 from retrieval.errors import IndexFormatError
+from retrieval.safe_files import check_array, load_array, map_file, read_str_list
 from retrieval.types import Document
+
+DOCS_FILE = "docs.jsonl"
+
+
+def read_record(file: mmap.mmap, start: int, end: int, row: int, doc_id: str, path: Path | None) -> dict:
+    """The JSON record of one saved row; a damaged line or one holding another id raises IndexFormatError."""
+    try:
+        rec = json.loads(file[start:end])
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise IndexFormatError(f"{path or DOCS_FILE} line {row + 1}: damaged record ({exc})") from None
+    if isinstance(rec, dict) and not all(isinstance(rec.get(f, ""), str) for f in ("title", "text")):
+        raise IndexFormatError(f"{path or DOCS_FILE} line {row + 1}: title and text must be strings")
+    if not isinstance(rec, dict) or rec.get("_id") != doc_id:
+        found = rec.get("_id") if isinstance(rec, dict) else rec
+        raise IndexFormatError(f"{path or DOCS_FILE} line {row + 1}: holds {found!r}, doc_ids.json says {doc_id!r}; "
+                               "the index folder is damaged")
+    return rec
 
 
 class DocStore:
@@ -25,6 +43,7 @@ class DocStore:
         self._row: dict[str, int] = {}
         self._mem: list[Document] = []
         self._file: mmap.mmap | None = None
+        self._path: Path | None = None   # the saved docs.jsonl behind _file, named in errors
         self._starts = np.zeros(0, dtype=np.int64)
         self._ends = np.zeros(0, dtype=np.int64)
         self.add(docs)
@@ -69,12 +88,12 @@ class DocStore:
 
     def view(self) -> "DocView":
         """An immutable snapshot of the rows as they are now; later add/remove calls do not change it."""
-        return DocView(self.ids, self._starts, self._ends, self._mem, self._file)
+        return DocView(self.ids, self._starts, self._ends, self._mem, self._file, self._path)
 
     def __getitem__(self, row: int) -> Document:
         nf = len(self._starts)
         if row < nf and self._file is not None:
-            rec = json.loads(self._file[int(self._starts[row]):int(self._ends[row])])
+            rec = read_record(self._file, int(self._starts[row]), int(self._ends[row]), row, self.ids[row], self._path)
             return Document(id=rec["_id"], title=rec.get("title", ""), text=rec.get("text", ""))
         return self._mem[row - nf]
 
@@ -94,24 +113,55 @@ class DocStore:
         (folder / "doc_ids.json").write_text(json.dumps(self.ids, ensure_ascii=False), encoding="utf-8")
 
     @classmethod
-    def load(cls, folder: Path) -> "DocStore":
-        """Open a saved store; texts stay on disk (memory-mapped) until a hit needs them."""
-        path = folder / "docs.jsonl"
-        for f in (path, folder / "doc_offsets.npy", folder / "doc_ids.json"):
-            if not f.exists():
-                raise IndexFormatError(f"{f}: missing; the index folder is incomplete")
-        offsets = np.load(folder / "doc_offsets.npy", allow_pickle=False)
-        ids = json.loads((folder / "doc_ids.json").read_text(encoding="utf-8"))
-        if path.stat().st_size != offsets[-1] or len(ids) != len(offsets) - 1:
-            raise IndexFormatError(f"{folder}: docs.jsonl, doc_offsets.npy and doc_ids.json disagree; folder damaged")
+    def load(cls, folder: Path, check_ids: bool = True) -> "DocStore":
+        """Open a saved store; texts stay on disk (memory-mapped) until a hit needs them.
+
+        Offsets and ids are checked against each other and the file size; ``check_ids`` also compares each
+        line's ``_id`` with ``doc_ids.json`` (a full scan: needed when no checksums vouch for the files).
+        """
+        path = folder / DOCS_FILE
+        offsets = check_array(load_array(folder / "doc_offsets.npy"), folder / "doc_offsets.npy", "iu")
+        ids = read_str_list(folder / "doc_ids.json", "document id")
+        file = map_file(path)
+        size = len(file) if file is not None else 0
+        check_offsets(offsets, size, len(ids), folder)
+        if file is not None and check_ids:
+            check_line_ids(file, offsets, ids, path)
         store = cls()
-        if offsets[-1] > 0:
-            with path.open("rb") as fh:
-                store._file = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        store._file, store._path = file, path
+        offsets = offsets.astype(np.int64)
         store._starts, store._ends = offsets[:-1].copy(), offsets[1:].copy()
         store.ids = ids
         store._row = {d: i for i, d in enumerate(ids)}
         return store
+
+
+def check_offsets(offsets: np.ndarray, size: int, n_ids: int, folder: Path) -> None:
+    """Line boundaries must start at 0, grow strictly, end at the file size, and number one per id plus one."""
+    where = folder / "doc_offsets.npy"
+    if len(offsets) != n_ids + 1:
+        raise IndexFormatError(f"{where}: {len(offsets)} offsets for {n_ids} ids in doc_ids.json (need ids + 1)")
+    if offsets[0] != 0 or offsets[-1] != size:
+        raise IndexFormatError(f"{where}: offsets run from {offsets[0]} to {offsets[-1]}, {DOCS_FILE} has {size} "
+                               "bytes; the index folder is damaged")
+    if n_ids and not (np.diff(offsets.astype(np.int64)) > 0).all():
+        raise IndexFormatError(f"{where}: offsets do not grow line by line; the index folder is damaged")
+
+
+def check_line_ids(file: mmap.mmap, offsets: np.ndarray, ids: list[str], path: Path) -> None:
+    """Each saved line must start with the ``_id`` that doc_ids.json gives its row (older indexes have no checksums)."""
+    decoder = json.JSONDecoder()
+    head = b'{"_id": '
+    for row, (start, doc_id) in enumerate(zip(offsets[:-1].tolist(), ids)):
+        line = file[start:start + len(head) + 6 * len(doc_id) + 16]   # room for the id, escaped
+        try:
+            found = decoder.raw_decode(line[len(head):].decode("utf-8", "replace"))[0] \
+                if line.startswith(head) else None
+        except json.JSONDecodeError:
+            found = None
+        if found != doc_id:
+            raise IndexFormatError(f"{path} line {row + 1}: does not hold id {doc_id!r}, which doc_ids.json gives "
+                                   f"row {row}; the index folder is damaged")
 
 
 class DocView:
@@ -120,17 +170,18 @@ class DocView:
     Hits keep a view, so their text stays the text of their own document even if the store changes later.
     """
 
-    __slots__ = ("ids", "_starts", "_ends", "_mem", "_file")
+    __slots__ = ("ids", "_starts", "_ends", "_mem", "_file", "_path")
 
     def __init__(self, ids: list[str], starts: np.ndarray, ends: np.ndarray, mem: list[Document],
-                 file: mmap.mmap | None) -> None:
+                 file: mmap.mmap | None, path: Path | None = None) -> None:
         self.ids, self._starts, self._ends, self._mem, self._file = ids, starts, ends, mem, file
+        self._path = path
 
     def title_text(self, row: int) -> tuple[str, str]:
         """(title, text) of one row."""
         nf = len(self._starts)
         if row < nf and self._file is not None:
-            rec = json.loads(self._file[int(self._starts[row]):int(self._ends[row])])
+            rec = read_record(self._file, int(self._starts[row]), int(self._ends[row]), row, self.ids[row], self._path)
             return rec.get("title", ""), rec.get("text", "")
         doc = self._mem[row - nf]
         return doc.title, doc.text

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from retrieval.datasets import data_dir
+
 REPO = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("RETRIEVEKIT_DATA", REPO.parent / "shared" / "data"))
+DATA = data_dir(default=REPO.parent / "shared" / "data")   # $RETRIEVEKIT_DATA wins, as in the library
 SCIFACT = DATA / "beir" / "scifact"
 
 
@@ -38,3 +40,20 @@ def scifact_docs(scifact_dir: Path):
         if len(docs) == 500:
             break
     return docs
+
+
+@pytest.fixture(scope="session")
+def tiny_model_folder(tmp_path_factory) -> Path:
+    """A tiny random sentence-transformers bi-encoder folder (2-layer BERT, hidden 32), written once per session."""
+    pytest.importorskip("sentence_transformers")
+    from helpers.tiny_encoder import make_tiny_model
+
+    return make_tiny_model(tmp_path_factory.mktemp("tiny-bi-encoder") / "m")
+
+
+@pytest.fixture(scope="session")
+def tiny_bi_encoder(tiny_model_folder: Path):
+    """That folder loaded once as a BiEncoder; tests must not change it."""
+    from retrieval.dense.encoders import load_encoder
+
+    return load_encoder(str(tiny_model_folder), show_progress=False)

@@ -48,14 +48,14 @@ def test_rerank_benchmark_writes_runs_and_paired_tests(tmp_path):
 
 
 def test_domain_adaptation_runs_are_valid_train_configs():
-    """Every named run and chain stage builds a TrainConfig, so a typo fails here, not after a 5-minute baseline."""
+    """Every named run and chain stage builds its objective's config, so a typo fails here, not after a 5-minute baseline."""
     pytest.importorskip("sentence_transformers")
-    from training import TrainConfig
+    from training import make_config
 
     bench = load_script("domain_adaptation")
     stages = list(bench.RUNS.values()) + [stage for chain in bench.CHAINS.values() for stage in chain]
     assert ("simcse", {"max_steps": 20, "batch_size": 32, "lr": 3e-6}) in stages
     for objective, overrides in stages:
-        config = TrainConfig(objective=objective, corpus="unused", **overrides)
-        assert config.effective_lr > 0 and config.effective_batch_size >= 1
+        config = make_config(objective, corpus="unused", out="unused", **overrides)
+        assert config.lr > 0 and config.batch_size >= 1
     assert not set(bench.RUNS) & set(bench.CHAINS)

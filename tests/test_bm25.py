@@ -9,6 +9,7 @@ import pytest
 from retrieval.sparse.searcher import BM25Searcher
 from retrieval.sparse.scoring import BM25Config, BM25Index, idf
 from retrieval.sparse.tokenize import Tokenizer, TokenizerConfig
+from retrieval.types import Document
 
 QUERIES = [
     "vitamin D deficiency increases mortality",
@@ -33,14 +34,16 @@ def test_okapi_equals_rank_bm25_on_real_text(scifact_docs) -> None:
             np.testing.assert_allclose(row, expected, rtol=tol, atol=tol, err_msg=f"{dtype} {q!r}")
 
 
-def test_rank_bm25_backend_matches_native_ranking(scifact_docs) -> None:
-    native = BM25Searcher.build(scifact_docs, show_progress=False, tokenizer="plain", variant="okapi")
-    ref = BM25Searcher.build(scifact_docs, show_progress=False, tokenizer="plain", variant="okapi", backend="rank_bm25")
+def test_rank_bm25_implementation_matches_native_ranking(scifact_docs) -> None:
+    okapi = BM25Config(variant="okapi")
+    native = BM25Searcher.build(scifact_docs, show_progress=False, tokenizer="plain", config=okapi)
+    ref = BM25Searcher.build(scifact_docs, show_progress=False, tokenizer="plain",
+                             config=okapi.with_options(implementation="rank_bm25"))
     for (r1, s1), (r2, s2) in zip(native.search(QUERIES[:2], 20), ref.search(QUERIES[:2], 20)):
         np.testing.assert_array_equal(r1, r2)
         np.testing.assert_allclose(s1, s2, rtol=1e-6)
     with pytest.raises(ValueError, match="variant='okapi' only"):
-        BM25Searcher.build(scifact_docs[:5], show_progress=False, backend="rank_bm25")
+        BM25Config(implementation="rank_bm25")
 
 
 def test_lucene_score_by_hand() -> None:
@@ -108,3 +111,33 @@ def test_tokenizer_presets() -> None:
         TokenizerConfig.preset("klingon")
     with pytest.raises(ValueError, match="unknown stemmer"):
         Tokenizer(TokenizerConfig(stemmer="klingon"))("word")
+
+
+def test_custom_token_patterns_need_an_opt_in() -> None:
+    custom = TokenizerConfig(token_pattern=r"[a-z]+")
+    with pytest.raises(ValueError, match="allow_custom_pattern=True"):
+        Tokenizer(custom)
+    assert Tokenizer(custom, allow_custom_pattern=True)("Ab1cd") == ["ab", "cd"]
+    with pytest.raises(ValueError, match="not a valid regex"):
+        Tokenizer(TokenizerConfig(token_pattern="(unclosed"), allow_custom_pattern=True)
+    docs = [Document("a", "x1y")]
+    with pytest.raises(ValueError, match="allow_custom_pattern"):
+        BM25Searcher.build(docs, show_progress=False, tokenizer=custom)
+    searcher = BM25Searcher.build(docs, show_progress=False, tokenizer=custom, allow_custom_pattern=True)
+    assert searcher.index.vocab_list() == ["x", "y"]
+    for name in ("default", "plain", "nostem"):   # every preset is accepted without the opt-in
+        Tokenizer(TokenizerConfig.preset(name))
+
+
+def test_configs_reject_unknown_keys_and_read_old_names() -> None:
+    with pytest.raises(ValueError, match=r"TokenizerConfig: unknown key\(s\) \['lowercse'\]; valid keys: lowercase"):
+        TokenizerConfig.from_dict({"lowercse": False})
+    assert TokenizerConfig.from_dict(TokenizerConfig.preset("plain").to_dict()) == TokenizerConfig.preset("plain")
+    with pytest.raises(ValueError, match="BM25Config: unknown key"):
+        BM25Config.from_dict({"k": 1.0})
+    old = BM25Config.from_dict({"variant": "okapi", "backend": "rank_bm25"})   # the name before "implementation"
+    assert old.implementation == "rank_bm25"
+    with pytest.raises(ValueError, match="BM25Config.k1 must be int or float"):
+        BM25Config(k1="1.2")   # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown BM25 implementation"):
+        BM25Config(implementation="onnx")

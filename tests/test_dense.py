@@ -11,7 +11,8 @@ pytest.importorskip("sentence_transformers")
 
 from helpers.tiny_encoder import make_tiny_model  # noqa: E402
 
-from retrieval.dense.searcher import DenseSearcher, ivf_lists, pq_shape, resolve_index, same_model  # noqa: E402
+from retrieval.dense.searcher import (DenseSearcher, IndexConfig, ivf_lists, pq_shape, resolve_index,  # noqa: E402
+                                      same_model)
 from retrieval.dense.encoders import load_encoder  # noqa: E402
 from retrieval.errors import IndexFormatError  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
@@ -54,7 +55,7 @@ def test_index_names_resolve_to_factory_strings_by_size():
 
 @pytest.mark.parametrize("index", ["flat", "hnsw", "ivf", "ivfpq"])
 def test_every_document_finds_itself_first(enc, index):
-    searcher = DenseSearcher.build(DOCS, show_progress=False, index=index, encoder=enc, nprobe=64)
+    searcher = DenseSearcher.build(DOCS, show_progress=False, index=IndexConfig(index, nprobe=64), encoder=enc)
     hits = self_hits(searcher, DOCS)
     if index == "ivfpq":   # lossy codes: most, not all, documents come back first
         assert np.mean(np.array(hits) == np.arange(len(DOCS))) >= 0.5
@@ -75,7 +76,7 @@ def test_string_ids_map_to_increasing_faiss_ids(enc):
 
 @pytest.mark.parametrize("index", ["flat", "hnsw", "ivf"])
 def test_add_and_remove_shift_rows_like_the_docstore(enc, index):
-    searcher = DenseSearcher.build(DOCS[:8], show_progress=False, index=index, encoder=enc, nprobe=64)
+    searcher = DenseSearcher.build(DOCS[:8], show_progress=False, index=IndexConfig(index, nprobe=64), encoder=enc)
     searcher.add(DOCS[8:])
     assert len(searcher) == 12 and self_hits(searcher, DOCS) == list(range(12))
     searcher.remove([1, 3])
@@ -157,7 +158,7 @@ def test_loading_with_a_different_dimension_fails_clearly(tiny, tmp_path, enc):
     manifest["encoder"]["dim"] = 64
     stage.write_text(json.dumps(manifest))
     with pytest.raises(IndexFormatError, match="dimension is 64"):
-        Retriever.load(tmp_path / "idx")
+        Retriever.load(tmp_path / "idx", verify=False)  # the edit is caught by the checksum otherwise
 
 
 def test_newer_format_is_refused(tiny, tmp_path, enc):
@@ -168,7 +169,7 @@ def test_newer_format_is_refused(tiny, tmp_path, enc):
     manifest["format_version"] = 99
     stage.write_text(json.dumps(manifest))
     with pytest.raises(IndexFormatError, match="format version 99"):
-        Retriever.load(tmp_path / "idx")
+        Retriever.load(tmp_path / "idx", verify=False)  # the edit is caught by the checksum otherwise
 
 
 def test_model_aliases_count_as_the_same_model(tiny):
@@ -202,3 +203,48 @@ def test_bf16_is_recorded_and_reused_on_load(tiny, tmp_path):
     switched = Retriever.load(tmp_path / "idx", int8=True).searcher.encoder.config
     assert switched.int8 and not switched.bf16
     assert not Retriever.load(tmp_path / "idx", bf16=False).searcher.encoder.config.bf16
+
+
+def test_a_relative_model_path_resolves_to_the_same_model_from_another_folder(tmp_path, monkeypatch):
+    """Issue 12-7: the stored model is an absolute path plus a fingerprint, checked on load."""
+    import shutil
+
+    make_tiny_model(tmp_path / "models" / "m")
+    monkeypatch.chdir(tmp_path)
+    r = Retriever.from_documents(DOCS, method="dense", model="models/m/st", index="flat", show_progress=False)
+    before = r.retrieve_batch(TEXTS[:4], k=3)
+    r.save(tmp_path / "idx")
+    saved = json.loads((tmp_path / "idx" / "stage" / "manifest.json").read_text())["encoder"]
+    stored = str((tmp_path / "models" / "m" / "st").resolve())
+    assert saved["model"] == stored and saved["source"] == "local" and len(saved["fingerprint"]) == 64
+    make_tiny_model(tmp_path / "elsewhere" / "models" / "m", seed=1)   # another model at the same relative path
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    after = Retriever.load(tmp_path / "idx").retrieve_batch(TEXTS[:4], k=3)
+    assert [[h.id for h in hs] for hs in after] == [[h.id for h in hs] for hs in before]
+    np.testing.assert_allclose([h.score for hs in after for h in hs], [h.score for hs in before for h in hs], rtol=1e-5)
+    shutil.copytree(tmp_path / "models" / "m" / "st", tmp_path / "moved")
+    moved = Retriever.load(tmp_path / "idx", model=str(tmp_path / "moved"))   # same fingerprint: accepted
+    assert moved.retrieve(TEXTS[0], k=1)[0].id == before[0][0].id
+    shutil.rmtree(tmp_path / "models")
+    make_tiny_model(tmp_path / "models" / "m", seed=2)   # the folder now holds a different model
+    with pytest.raises(IndexFormatError, match=f"built with model '{stored}' \\(fingerprint .*its weights or config"):
+        Retriever.load(tmp_path / "idx")
+    shutil.rmtree(tmp_path / "models")
+    with pytest.raises(IndexFormatError, match=f"local model folder '{stored}', which does not exist"):
+        Retriever.load(tmp_path / "idx")
+
+
+def test_index_config_is_frozen_and_resolves_knobs_over_defaults():
+    import dataclasses
+
+    config = IndexConfig("hnsw", ef_search=64)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.nprobe = 3   # type: ignore[misc]
+    resolved = resolve_index(config, 1000, 32)
+    assert (resolved.factory, resolved.ef_search, resolved.ef_construction) == ("HNSW32,Flat", 64, 200)
+    assert resolve_index(resolved, 5, 32) is resolved   # a config with a factory is kept as it is
+    assert IndexConfig.from_dict(resolved.to_dict()) == resolved
+    with pytest.raises(ValueError, match="IndexConfig: unknown key"):
+        IndexConfig.from_dict({"name": "flat", "nlist": 4})
+    with pytest.raises(ValueError, match="nprobe must be >= 1"):
+        IndexConfig("ivf", nprobe=0)

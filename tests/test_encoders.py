@@ -282,3 +282,36 @@ def test_bundled_minilm_onnx_int8_stays_close(monkeypatch, tmp_path):
     assert np.all((onnx.encode_documents(texts) * fp32).sum(1) > 0.97)
     onnx32 = load_encoder("minilm", backend="onnx", cache_dir=str(tmp_path), show_progress=False)
     np.testing.assert_allclose(onnx32.encode_documents(texts), fp32, atol=1e-4)
+
+
+def test_encoder_config_is_frozen_validated_once_and_the_one_list_of_options(tiny_model_dir):
+    import dataclasses
+
+    from retrieval.dense.encoders import ENCODER_OPTIONS, EncoderConfig
+
+    config = EncoderConfig(model=tiny_model_dir, batch_size=4)   # a Path is kept as a string
+    assert config.model == str(tiny_model_dir)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.int8 = True   # type: ignore[misc]
+    assert EncoderConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="EncoderConfig: unknown key"):
+        EncoderConfig.from_dict({"model": "m", "quantize": True})
+    assert ENCODER_OPTIONS == tuple(f.name for f in dataclasses.fields(EncoderConfig) if f.name != "show_progress")
+    for bad, message in (({"batch_size": 0}, "batch_size"), ({"int8": "yes"}, "int8 must be bool"),
+                         ({"device": "cuda", "backend": "onnx"}, "CPU only"), ({"max_seq_length": 2.5}, "int")):
+        with pytest.raises(ValueError, match=message):
+            EncoderConfig(**bad)
+    with pytest.raises(ValueError, match="EncoderConfig: unknown option.*'quantize'"):
+        load_encoder(str(tiny_model_dir), quantize=True)
+    enc = load_encoder(config, show_progress=False)   # a whole config, with a field changed
+    assert enc.config == config.with_options(show_progress=False) and enc.source == "local"
+
+
+def test_registry_prefixes_apply_only_when_the_model_declares_none(tiny_model_dir, monkeypatch):
+    import retrieval.models as models
+    from retrieval.models import ModelSpec
+
+    monkeypatch.setitem(models._BY_NAME, str(tiny_model_dir),
+                        ModelSpec(str(tiny_model_dir), "bi-encoder", query_prefix="q: ", doc_prefix="d: "))
+    enc = load_encoder(str(tiny_model_dir), show_progress=False)
+    assert (enc.query_prefix, enc.doc_prefix) == ("q: ", "d: ")

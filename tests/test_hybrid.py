@@ -12,8 +12,10 @@ pytest.importorskip("sentence_transformers")
 from helpers.tiny_encoder import make_tiny_model  # noqa: E402
 
 from retrieval.dense.encoders import load_encoder  # noqa: E402
+from retrieval.dense.searcher import IndexConfig  # noqa: E402
 from retrieval.hybrid.fusion import fuse  # noqa: E402
-from retrieval.hybrid.searcher import HybridSearcher  # noqa: E402
+from retrieval.hybrid.searcher import FusionConfig, HybridSearcher  # noqa: E402
+from retrieval.sparse.scoring import BM25Config  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
 from retrieval.types import Document  # noqa: E402
 
@@ -38,7 +40,8 @@ def enc(tiny):
 
 @pytest.mark.parametrize("fusion", ["rrf", "linear"])
 def test_search_equals_fusing_the_two_stages(enc, fusion):
-    h = HybridSearcher.build(DOCS, show_progress=False, encoder=enc, index="flat", fusion=fusion, weight=0.3, depth=5)
+    h = HybridSearcher.build(DOCS, show_progress=False, dense=enc, index="flat",
+                             fusion=FusionConfig(fusion=fusion, weight=0.3, depth=5))
     got = h.search(QUERIES, 4)
     bm25, dense = h.bm25.search(QUERIES, 5), h.dense.search(QUERIES, 5)
     weights = (0.7, 0.3) if fusion == "linear" else None
@@ -48,18 +51,22 @@ def test_search_equals_fusing_the_two_stages(enc, fusion):
         np.testing.assert_allclose(g[1], want[1])
 
 
-def test_options_go_to_the_right_stage(enc):
-    h = HybridSearcher.build(DOCS, show_progress=False, encoder=enc, index="hnsw", k1=0.9, variant="okapi")
+def test_configs_go_to_the_right_stage(enc):
+    h = HybridSearcher.build(DOCS, show_progress=False, bm25=BM25Config(k1=0.9, variant="okapi"), dense=enc,
+                             index=IndexConfig("hnsw", ef_search=64), tokenizer="plain")
     assert h.bm25.index.config.k1 == 0.9 and h.bm25.index.config.variant == "okapi"
-    assert h.dense.config.factory == "HNSW32,Flat"
-    with pytest.raises(TypeError):
-        HybridSearcher.build(DOCS, show_progress=False, encoder=enc, no_such_option=1)
+    assert h.bm25.tokenizer.config.stemmer is None
+    assert h.dense.config.factory == "HNSW32,Flat" and h.dense.config.ef_search == 64
     with pytest.raises(ValueError, match="fusion"):
-        HybridSearcher.build(DOCS, show_progress=False, encoder=enc, fusion="max")
+        FusionConfig(fusion="max")
+    with pytest.raises(ValueError, match="FusionConfig"):
+        HybridSearcher.build(DOCS, show_progress=False, dense=enc, fusion="linear")   # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="method 'hybrid'.*no_such_option.*valid options"):
+        Retriever.from_documents(DOCS, method="hybrid", encoder=enc, no_such_option=1)
 
 
 def test_depth_bounds_each_stage_but_not_k(enc):
-    h = HybridSearcher.build(DOCS, show_progress=False, encoder=enc, index="flat", depth=1)
+    h = HybridSearcher.build(DOCS, show_progress=False, dense=enc, index="flat", fusion=FusionConfig(depth=1))
     rows, _ = h.search(["cancer risk"], 6)[0]
     assert len(rows) == 6   # depth is raised to k
 
@@ -88,6 +95,16 @@ def test_bad_settings_fail():
         HybridSearcher(None, None, weight=1.5)   # type: ignore[arg-type]
     with pytest.raises(ValueError, match="depth"):
         HybridSearcher(None, None, depth=0)   # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="FusionConfig: unknown option"):
+        HybridSearcher(None, None, alpha=0.5)   # type: ignore[arg-type]
+
+
+def test_fusion_config_reads_what_hybrid_manifests_hold():
+    saved = {"fusion": "linear", "weight": 0.4, "rrf_k": 60.0, "depth": 100}   # the keys a saved stage has
+    config = FusionConfig.from_dict(saved)
+    assert config.to_dict() == saved and HybridSearcher(None, None, config).weight == 0.4   # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="FusionConfig: unknown key.*valid keys: fusion, weight, rrf_k, depth"):
+        FusionConfig.from_dict({**saved, "k": 3})
 
 
 @pytest.mark.slow

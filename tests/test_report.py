@@ -9,6 +9,8 @@ import pytest
 
 from helpers.fake_encoders import HashEncoder
 from retrieval import load_beir
+from retrieval.datasets import DATA_ENV
+from retrieval.errors import DataError
 from retrieval.eval.metrics import evaluate, read_trec_run
 from retrieval.bench.report import (
     BenchmarkConfig, EmbedderSpec, SystemSpec, add_benchmark_command, markdown_report, run_benchmark, suite_config,
@@ -73,7 +75,7 @@ def test_published_numbers_carry_sources() -> None:
     assert "1. 0.665 — BEIR paper (Thakur et al. 2021)" in md
 
 
-def test_suites(tmp_path) -> None:
+def test_suites(tmp_path, monkeypatch) -> None:
     for name in ("beir/scifact", "mteb/stsbenchmark", "mteb/sickr", "mteb/banking77"):
         (tmp_path / name).mkdir(parents=True)
     (tmp_path / "beir/scifact/corpus.jsonl").write_text("")
@@ -85,18 +87,49 @@ def test_suites(tmp_path) -> None:
     assert BenchmarkConfig.from_dict(json.loads(json.dumps(full.to_dict()))) == full
     with pytest.raises(ValueError, match="unknown suite"):
         suite_config("huge", tmp_path)
+    # the data folder is an argument or $RETRIEVEKIT_DATA; the library has no default of its own
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    with pytest.raises(DataError, match=DATA_ENV):
+        suite_config("quick")
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
+    assert suite_config("quick") == quick
 
 
-def test_cli_command(tmp_path, capsys) -> None:
+def _benchmark_args(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_benchmark_command(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["benchmark", *argv])
+
+
+def test_cli_command(tmp_path, capsys, monkeypatch) -> None:
+    monkeypatch.delenv(DATA_ENV, raising=False)   # datasets given by flag need no data folder
     systems = tmp_path / "systems.json"
     systems.write_text(json.dumps([{"name": "BM25 okapi", "method": "bm25", "options": {"variant": "okapi"}}]))
-    args = parser.parse_args(["benchmark", "--out", str(tmp_path / "o"), "--beir", str(sample_dir()), "--mteb",
-                              "--systems", str(systems), "--no-plots", "--no-progress"])
+    args = _benchmark_args("--out", str(tmp_path / "o"), "--beir", str(sample_dir()), "--mteb",
+                           "--systems", str(systems), "--no-plots", "--no-progress")
     assert args.func(args) == 0
     out = capsys.readouterr().out
     assert "estimated" in out and "| sample | BM25 okapi |" in out
+    assert (tmp_path / "o" / "runs" / "sample__bm25_okapi.trec").stat().st_size > 0
+
+
+def test_cli_command_names_what_is_wrong(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    args = _benchmark_args("--out", str(tmp_path / "o"))
+    with pytest.raises(DataError, match=f"set {DATA_ENV}"):
+        args.func(args)
+    (tmp_path / "empty").mkdir()
+    args = _benchmark_args("--out", str(tmp_path / "o"), "--data", str(tmp_path / "empty"))
+    with pytest.raises(DataError, match="no datasets found in .*empty"):
+        args.func(args)
+    systems = tmp_path / "systems.json"
+    for text, message in (("[{\"name\": \"x\", \"methd\": \"bm25\"}]", "systems.json, system 0: .*methd"),
+                          ("{", "systems.json, line 1: malformed JSON"), ("{}", "expected a JSON list")):
+        systems.write_text(text)
+        args = _benchmark_args("--out", str(tmp_path / "o"), "--beir", str(sample_dir()), "--mteb", "--systems",
+                               str(systems))
+        with pytest.raises(DataError, match=message):
+            args.func(args)
 
 
 @pytest.mark.model

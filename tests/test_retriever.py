@@ -48,7 +48,7 @@ def test_save_load_round_trip_gives_same_results(tmp_path: Path) -> None:
     assert loaded.run(data.queries, k=10) == before
     assert [h.to_dict() for h in loaded.retrieve("bread yeast")] == [h.to_dict() for h in r.retrieve("bread yeast")]
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
-    assert manifest["format_version"] == 1 and manifest["method"] == "bm25" and manifest["n_docs"] == 80
+    assert manifest["format_version"] == 2 and manifest["method"] == "bm25" and manifest["n_docs"] == 80
     assert manifest["stage"]["bm25"]["variant"] == "okapi" and manifest["stage"]["tokenizer"]["stemmer"] == "english"
     assert "library_version" in manifest
     assert not any(p.suffix in (".pkl", ".pickle") for p in (tmp_path / "idx").rglob("*"))
@@ -78,7 +78,7 @@ def test_newer_format_and_damaged_folders_fail_clearly(tmp_path: Path) -> None:
     manifest = json.loads(manifest_path.read_text())
     manifest["format_version"] = 99
     manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(IndexFormatError, match="format version 99.*reads up to version 1. Upgrade"):
+    with pytest.raises(IndexFormatError, match="format version 99.*reads up to version 2. Upgrade"):
         Retriever.load(tmp_path / "idx")
     with pytest.raises(IndexFormatError, match="no such index folder"):
         Retriever.load(tmp_path / "nope")
@@ -124,3 +124,57 @@ def test_reranker_sees_depth_candidates_and_ranks_are_reassigned() -> None:
     assert len(first_stage) == 3
     hits = r.retrieve("domesticated felines", k=1)
     assert [(h.id, h.rank) for h in hits] == [(first_stage[-1].id, 1)]
+
+
+def _edit_stage(folder: Path, edit) -> None:
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest["stage"])
+    path.write_text(json.dumps(manifest))
+
+
+def test_a_manifest_cannot_choose_a_backtracking_token_pattern(tmp_path: Path) -> None:
+    """Issue 12-5: ``(\\w+\\s?)+$`` took exponential time per query; loading it is refused before any matching."""
+    import subprocess
+    import sys
+    import textwrap
+
+    Retriever.from_documents(DOCS, show_progress=False).save(tmp_path / "idx")
+    _edit_stage(tmp_path / "idx", lambda stage: stage["tokenizer"].update(token_pattern=r"(\w+\s?)+$"))
+    code = textwrap.dedent(f"""
+        from retrieval import IndexFormatError, Retriever
+        try:
+            Retriever.load({str(tmp_path / "idx")!r}).retrieve("a" * 40 + "!")   # 2^40 ways to split
+        except IndexFormatError as exc:
+            print("refused:", exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.startswith("refused:") and "manifest.json" in out and "allow_custom_pattern" in out
+
+
+def test_a_custom_token_pattern_round_trips_with_the_opt_in(tmp_path: Path) -> None:
+    from retrieval.sparse.tokenize import TokenizerConfig
+
+    custom = TokenizerConfig(token_pattern=r"[a-z]{3,}", stemmer=None)
+    r = Retriever.from_documents(DOCS, tokenizer=custom, allow_custom_pattern=True, show_progress=False)
+    r.save(tmp_path / "idx")
+    with pytest.raises(IndexFormatError, match=r"idx/manifest.json: token_pattern '\[a-z\]\{3,\}'"):
+        Retriever.load(tmp_path / "idx")
+    loaded = Retriever.load(tmp_path / "idx", allow_custom_pattern=True)
+    assert [h.id for h in loaded.retrieve("wild felines")] == [h.id for h in r.retrieve("wild felines")]
+
+
+def test_old_manifests_with_the_bm25_backend_key_still_load(tmp_path: Path) -> None:
+    Retriever.from_documents(DOCS, variant="okapi", show_progress=False).save(tmp_path / "idx")
+
+    def to_old_format(stage: dict) -> None:   # what releases before the rename wrote
+        stage["backend"] = stage["bm25"].pop("implementation")
+
+    _edit_stage(tmp_path / "idx", to_old_format)
+    assert Retriever.load(tmp_path / "idx").searcher.config.implementation == "native"
+    _edit_stage(tmp_path / "idx", lambda stage: stage.update(backend="rank_bm25"))
+    loaded = Retriever.load(tmp_path / "idx")
+    assert loaded.searcher.config.implementation == "rank_bm25" and loaded.retrieve("purr", k=1)[0].id == "a"
+    _edit_stage(tmp_path / "idx", lambda stage: stage["tokenizer"].update(casefold=True))
+    with pytest.raises(IndexFormatError, match=r"manifest.json: bad BM25 stage config.*TokenizerConfig: unknown key"):
+        Retriever.load(tmp_path / "idx")

@@ -1,4 +1,4 @@
-"""PNG plots for the benchmark report (matplotlib with the Agg backend, imported only when plotting)."""
+"""PNG plots for the benchmark report (matplotlib, drawn off-screen with Agg, imported only when plotting)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,12 +1,14 @@
 """``retrieval benchmark``: every configured system on every available dataset, in one command.
 
 Writes ``results.json`` (all metrics, per-query nDCG@10, timings, config), ``results.md`` (tables, with
-published numbers and their sources next to ours) and PNG plots into ``--out``. Retrieval systems run on
-BEIR folders; embedders run on MTEB-style task folders (see :mod:`retrieval.eval.mteb_tasks`). Corpus
-embeddings are cached under ``OUT/cache`` and shared by every system using the same encoder, so a corpus
-is encoded once per model and a re-run does not re-encode it.
+published numbers and their sources next to ours) and PNG plots into ``--out``. Retrieval systems are scored on
+BEIR folders through :func:`retrieval.eval.pipeline.evaluate_retriever`; embedders are scored on MTEB-style task
+folders (see :mod:`retrieval.eval.mteb_tasks`). Corpus embeddings are cached under ``OUT/cache``
+(:class:`retrieval.dense.cache.CachedEncoder`) and shared by every system using the same encoder, so a
+corpus is encoded once per model and a second benchmark does not encode it again. The data folder is ``--data`` or
+``$RETRIEVEKIT_DATA`` (:func:`retrieval.datasets.data_dir`).
 
-    retrieval benchmark --suite quick --out bench/      # SciFact + STS with BM25 / MiniLM / hybrid
+    retrieval benchmark --suite quick --out bench/ --data ../shared/data   # SciFact + STS: BM25 / MiniLM / hybrid
     retrieval benchmark --suite full --out bench/ --model path/to/adapted-model
 """
 from __future__ import annotations
@@ -26,15 +28,17 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from retrieval.data import DataError, load_beir
-from retrieval.eval.metrics import evaluate, per_query, write_trec_run
+from retrieval.datasets import DATA_ENV, data_dir
+from retrieval.dense.cache import CachedEncoder
+from retrieval.dense.encoders import ENCODER_OPTIONS  # the EncoderConfig fields: keys of the encoder pool
+from retrieval.eval.pipeline import evaluate_retriever
+from retrieval.models import DEFAULT_EMBEDDER, DEFAULT_LLM
 from retrieval.persistence import atomic_write_text
 from retrieval.bench.markdown import MTEB_NAMES, REFERENCES, markdown_report
 
 logger = logging.getLogger(__name__)
 
 SUITES = ("quick", "full")
-K_VALUES = (1, 10, 100)
-IGNORE_IDENTICAL_IDS = {"arguana", "quora"}  # BEIR drops a query's own id from its results on these
 # Rough per-item costs on a 2-core CPU, used only for the up-front time estimate.
 SECONDS_PER = {"bm25_doc": 0.002, "encode_doc": 0.06, "encode_text": 0.004, "query": 0.005}
 
@@ -59,13 +63,13 @@ class EmbedderSpec:
     """One embedder for the MTEB-style tasks: a model alias or folder, optionally the int8 fast path."""
 
     name: str
-    model: str = "minilm"
+    model: str = DEFAULT_EMBEDDER
     int8: bool = False
 
 
 @dataclass
 class BenchmarkConfig:
-    """What to run; serialises to JSON (stored in results.json)."""
+    """What to benchmark; serialises to JSON (stored in results.json)."""
 
     suite: str = "quick"
     systems: list[SystemSpec] = field(default_factory=list)
@@ -91,12 +95,6 @@ class BenchmarkConfig:
         return cls(**d)
 
 
-def default_data_dir() -> Path:
-    """``$RETRIEVEKIT_DATA``, else ``../shared/data`` next to the repository root."""
-    env = os.environ.get("RETRIEVEKIT_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
 def suite_systems(suite: str, models: list[str] = (), rerankers: list[str] = ()
                   ) -> tuple[list[SystemSpec], list[EmbedderSpec]]:
     """The systems and embedders of a suite; ``models`` adds adapted sentence-transformers folders and
@@ -104,16 +102,16 @@ def suite_systems(suite: str, models: list[str] = (), rerankers: list[str] = ()
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; choose one of {SUITES}")
     systems = [SystemSpec("BM25", "bm25"),
-               SystemSpec("MiniLM", "dense", {"model": "minilm", "index": "flat"}),
-               SystemSpec("Hybrid RRF", "hybrid", {"model": "minilm", "fusion": "rrf"})]
-    embedders = [EmbedderSpec("MiniLM", "minilm")]
+               SystemSpec("MiniLM", "dense", {"model": DEFAULT_EMBEDDER, "index": "flat"}),
+               SystemSpec("Hybrid RRF", "hybrid", {"model": DEFAULT_EMBEDDER, "fusion": "rrf"})]
+    embedders = [EmbedderSpec("MiniLM", DEFAULT_EMBEDDER)]
     if suite == "full":
-        systems += [SystemSpec("Hybrid linear", "hybrid", {"model": "minilm", "fusion": "linear"}),
-                    SystemSpec("MiniLM HNSW", "dense", {"model": "minilm", "index": "hnsw"}),
-                    SystemSpec("MiniLM IVF-PQ", "dense", {"model": "minilm", "index": "ivfpq"}),
-                    SystemSpec("MiniLM int8", "dense", {"model": "minilm", "index": "flat", "int8": True}),
-                    SystemSpec("BM25 + LLM yes/no", "bm25", reranker="llm-yesno:smollm2", rerank_depth=20)]
-        embedders.append(EmbedderSpec("MiniLM int8", "minilm", int8=True))
+        systems += [SystemSpec("Hybrid linear", "hybrid", {"model": DEFAULT_EMBEDDER, "fusion": "linear"}),
+                    SystemSpec("MiniLM HNSW", "dense", {"model": DEFAULT_EMBEDDER, "index": "hnsw"}),
+                    SystemSpec("MiniLM IVF-PQ", "dense", {"model": DEFAULT_EMBEDDER, "index": "ivfpq"}),
+                    SystemSpec("MiniLM int8", "dense", {"model": DEFAULT_EMBEDDER, "index": "flat", "int8": True}),
+                    SystemSpec("BM25 + LLM yes/no", "bm25", reranker=f"llm-yesno:{DEFAULT_LLM}", rerank_depth=20)]
+        embedders.append(EmbedderSpec("MiniLM int8", DEFAULT_EMBEDDER, int8=True))
     for folder in models:
         label = Path(folder).name
         systems.append(SystemSpec(f"{label}", "dense", {"model": folder, "index": "flat"}))
@@ -123,11 +121,9 @@ def suite_systems(suite: str, models: list[str] = (), rerankers: list[str] = ()
     return systems, embedders
 
 
-def suite_config(suite: str = "quick", data_dir: str | Path | None = None, models: list[str] = (),
-                 rerankers: list[str] = (), **overrides: Any) -> BenchmarkConfig:
-    """Quick: SciFact + STSBenchmark + SICK-R. Full: every BEIR and MTEB folder under ``data_dir``."""
-    data = Path(data_dir) if data_dir else default_data_dir()
-    systems, embedders = suite_systems(suite, list(models), list(rerankers))
+def suite_datasets(suite: str, data: Path) -> tuple[list[str], list[str]]:
+    """(BEIR folders, MTEB folders) of a suite under ``data``. Quick: SciFact + STSBenchmark + SICK-R;
+    full: every BEIR and MTEB folder there. Missing ones are skipped with a warning."""
     if suite == "quick":
         beir = [data / "beir" / "scifact"]
         mteb = [data / "mteb" / "stsbenchmark", data / "mteb" / "sickr"]
@@ -137,9 +133,15 @@ def suite_config(suite: str = "quick", data_dir: str | Path | None = None, model
     missing = [str(p) for p in beir + mteb if not p.exists()]
     if missing:
         logger.warning("skipping datasets not found: %s", missing)
-    return BenchmarkConfig(suite=suite, systems=systems, embedders=embedders,
-                           beir=[str(p) for p in beir if p.exists()], mteb=[str(p) for p in mteb if p.exists()],
-                           **overrides)
+    return [str(p) for p in beir if p.exists()], [str(p) for p in mteb if p.exists()]
+
+
+def suite_config(suite: str = "quick", data: str | Path | None = None, models: list[str] = (),
+                 rerankers: list[str] = (), **overrides: Any) -> BenchmarkConfig:
+    """A suite's systems, embedders and datasets; ``data`` defaults to ``$RETRIEVEKIT_DATA`` (else an error)."""
+    systems, embedders = suite_systems(suite, list(models), list(rerankers))
+    beir, mteb = suite_datasets(suite, data_dir(data))
+    return BenchmarkConfig(suite=suite, systems=systems, embedders=embedders, beir=beir, mteb=mteb, **overrides)
 
 
 def _count_lines(path: Path) -> int:
@@ -149,7 +151,7 @@ def _count_lines(path: Path) -> int:
 
 def _encoder_key(options: dict[str, Any]) -> str:
     opts = {k: options[k] for k in ENCODER_OPTIONS if options.get(k) not in (None, False)}
-    opts.setdefault("model", "minilm")
+    opts.setdefault("model", DEFAULT_EMBEDDER)
     return json.dumps(opts, sort_keys=True)
 
 
@@ -175,45 +177,6 @@ def estimate_seconds(config: BenchmarkConfig) -> dict[str, float]:
         for e in config.embedders:
             steps[f"{folder.name}/{e.name}"] = 2 * n * SECONDS_PER["encode_text"]
     return steps
-
-
-class CachedEncoder:
-    """A BiEncoder whose document embeddings are kept in ``folder`` (.npy keyed by model + texts).
-
-    Every dense/hybrid system over the same model and corpus then encodes that corpus once, and re-runs not at all.
-    """
-
-    def __init__(self, encoder: Any, folder: Path) -> None:
-        self.encoder = encoder
-        self.folder = Path(folder)
-        self.hits = 0
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.encoder, name)
-
-    def encode_documents(self, docs: Any, show_progress: bool | None = None) -> Any:
-        import hashlib
-
-        import numpy as np
-
-        from retrieval.types import Document
-
-        texts = [d.full_text if isinstance(d, Document) else str(d) for d in docs]
-        digest = hashlib.sha256(json.dumps([self.encoder.describe(), texts]).encode("utf-8")).hexdigest()[:20]
-        path = self.folder / f"docs-{digest}.npy"
-        if path.exists():
-            logger.info("document embeddings from cache %s", path)
-            self.hits += 1
-            return np.load(path, allow_pickle=False)
-        emb = self.encoder.encode_documents(docs, show_progress=show_progress)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, emb, allow_pickle=False)
-        tmp.replace(path)
-        return emb
-
-
-ENCODER_OPTIONS = ("model", "int8", "max_seq_length", "batch_size", "query_prefix", "doc_prefix")
 
 
 class EncoderPool:
@@ -257,33 +220,24 @@ def _retriever(system: SystemSpec, data: Any, show_progress: bool, pool: Encoder
                                     rerank_depth=system.rerank_depth, show_progress=show_progress, **options)
 
 
-def run_retrieval(system: SystemSpec, folder: Path, config: BenchmarkConfig, out: Path,
-                  pool: EncoderPool) -> dict[str, Any]:
-    """Build (or load) one system on one BEIR folder, run its queries, evaluate and time it."""
+def evaluate_system(system: SystemSpec, folder: Path, config: BenchmarkConfig, out: Path,
+                    pool: EncoderPool) -> dict[str, Any]:
+    """Build one system on one BEIR folder and score it (its run goes to ``OUT/runs``); times both steps."""
     data = load_beir(folder, config.split)
-    qids = list(data.queries)[: config.max_queries]
-    qrels = {q: data.qrels[q] for q in qids}
     hits_before = pool.cache_hits()
     start = time.perf_counter()
     retriever = _retriever(system, data, config.show_progress, pool)
     build_s = time.perf_counter() - start
-    start = time.perf_counter()
-    run = retriever.run({q: data.queries[q] for q in qids}, k=config.k)
-    search_s = time.perf_counter() - start
-    ignore = folder.name.lower() in IGNORE_IDENTICAL_IDS
-    ks = sorted(set(K_VALUES) | {config.k})
-    metrics = evaluate(qrels, run, ks, ignore_identical_ids=ignore)
-    runs_dir = out / "runs"
-    runs_dir.mkdir(parents=True, exist_ok=True)
-    write_trec_run(run, runs_dir / f"{folder.name}__{system.slug}.trec", tag=system.slug)
-    return {"dataset": folder.name, "system": system.name, "method": system.method, "metrics": metrics,
-            "per_query_ndcg@10": per_query(qrels, run, (10,), ignore)["nDCG@10"], "n_queries": len(qids),
+    result = evaluate_retriever(retriever, data, k=config.k, max_queries=config.max_queries,
+                                run_out=out / "runs" / f"{folder.name}__{system.slug}.trec", run_tag=system.slug)
+    return {"dataset": folder.name, "system": system.name, "method": system.method, "metrics": result.metrics,
+            "per_query_ndcg@10": result.per_query("nDCG@10"), "n_queries": result.n_queries,
             "n_docs": len(retriever), "build_s": build_s,
-            "embeddings_cached": pool.cache_hits() > hits_before, "search_s": search_s,
-            "latency_ms": 1000 * search_s / max(len(qids), 1)}
+            "embeddings_cached": pool.cache_hits() > hits_before, "search_s": result.search_s,
+            "latency_ms": 1000 * result.search_s / max(result.n_queries, 1)}
 
 
-def run_mteb(encoder: Any, spec: EmbedderSpec, folder: Path, config: BenchmarkConfig) -> dict[str, Any]:
+def evaluate_embedder(encoder: Any, spec: EmbedderSpec, folder: Path, config: BenchmarkConfig) -> dict[str, Any]:
     """One embedder on one MTEB-style task folder."""
     from retrieval.eval.mteb_tasks import run_task
 
@@ -317,7 +271,7 @@ def machine_info() -> dict[str, Any]:
 
 def run_benchmark(config: BenchmarkConfig, out: str | Path,
                   encoder_factory: Callable[[dict[str, Any]], Any] | None = None) -> dict[str, Any]:
-    """Run the whole suite and write results.json, results.md and plots into ``out``; returns the results.
+    """Benchmark the whole suite and write results.json, results.md and plots into ``out``; returns the results.
 
     ``encoder_factory(options)`` replaces ``load_encoder`` (tests pass tiny fake encoders).
     """
@@ -338,13 +292,13 @@ def run_benchmark(config: BenchmarkConfig, out: str | Path,
     for folder in map(Path, config.beir):
         for system in config.systems:
             bar.set_postfix_str(f"{folder.name}/{system.name}")
-            results["retrieval"].append(run_retrieval(system, folder, config, out, pool))
+            results["retrieval"].append(evaluate_system(system, folder, config, out, pool))
             bar.update(round(steps[f"{folder.name}/{system.name}"]))
     for spec in config.embedders if config.mteb else []:
         encoder = pool.get({"model": spec.model, "int8": spec.int8 or None})
         for folder in map(Path, config.mteb):
             bar.set_postfix_str(f"{folder.name}/{spec.name}")
-            results["mteb"].append(run_mteb(encoder, spec, folder, config))
+            results["mteb"].append(evaluate_embedder(encoder, spec, folder, config))
             bar.update(round(steps[f"{folder.name}/{spec.name}"]))
     bar.close()
     _significance(results["retrieval"])
@@ -371,19 +325,43 @@ def write_outputs(results: dict[str, Any], out: Path) -> dict[str, Path]:
     return paths
 
 
-def cmd_benchmark(args: argparse.Namespace) -> int:
-    """CLI entry point: build the config from flags, run, print the Markdown table."""
-    overrides = {"max_queries": args.max_queries, "mteb_limit": args.mteb_limit, "cache": not args.no_cache,
-                 "plots": not args.no_plots, "show_progress": not args.no_progress}
-    config = suite_config(args.suite, args.data, args.model or [], args.rerank or [], **overrides)
+def _systems_file(path: str) -> list[SystemSpec]:
+    """The ``--systems`` JSON list; a bad entry names the file and the entry."""
+    try:
+        items = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}, line {exc.lineno}: malformed JSON ({exc.msg})") from None
+    if not isinstance(items, list):
+        raise DataError(f"{path}: expected a JSON list of systems")
+    systems = []
+    for i, item in enumerate(items):
+        try:
+            systems.append(SystemSpec(**item))
+        except TypeError as exc:
+            raise DataError(f"{path}, system {i}: {exc} (fields: name, method, options, reranker, rerank_depth)") from None
+    return systems
+
+
+def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
+    """The benchmark the flags describe; the data folder is only needed for datasets not given by flag."""
+    systems, embedders = suite_systems(args.suite, args.model or [], args.rerank or [])
     if args.systems:
-        config.systems = [SystemSpec(**s) for s in json.loads(Path(args.systems).read_text(encoding="utf-8"))]
-    if args.beir:
-        config.beir = list(args.beir)
-    if args.mteb is not None:
-        config.mteb = list(args.mteb)
-    if not config.beir and not config.mteb:
-        raise DataError(f"no datasets found (data dir {args.data or default_data_dir()}); pass --data or --beir")
+        systems = _systems_file(args.systems)
+    beir, mteb = args.beir, args.mteb
+    if beir is None or mteb is None:
+        found = suite_datasets(args.suite, data_dir(args.data))
+        beir, mteb = found[0] if beir is None else beir, found[1] if mteb is None else mteb
+    if not beir and not mteb:
+        raise DataError(f"no datasets found in {data_dir(args.data)}; pass --data DIR (with beir/ and mteb/) "
+                        "or --beir DIR")
+    return BenchmarkConfig(suite=args.suite, systems=systems, embedders=embedders, beir=list(beir), mteb=list(mteb),
+                           max_queries=args.max_queries, mteb_limit=args.mteb_limit, cache=not args.no_cache,
+                           plots=not args.no_plots, show_progress=not args.no_progress)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    """CLI entry point: build the config from flags, benchmark, print the Markdown table."""
+    config = config_from_args(args)
     steps = estimate_seconds(config)
     print(f"benchmark {config.suite}: {len(config.systems)} systems x {len(config.beir)} BEIR sets, "
           f"{len(config.embedders)} embedders x {len(config.mteb)} MTEB sets; "
@@ -396,17 +374,17 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
 
 def add_benchmark_command(subparsers: Any) -> None:
     """Register ``retrieval benchmark`` on the CLI's sub-parsers."""
-    p = subparsers.add_parser("benchmark", help="run the quality/latency report (results.json, results.md, PNGs)")
+    p = subparsers.add_parser("benchmark", help="the quality/latency report (results.json, results.md, PNGs)")
     p.add_argument("--suite", choices=SUITES, default="quick")
     p.add_argument("--out", required=True, help="output folder (also caches corpus embeddings in OUT/cache)")
-    p.add_argument("--data", help="data folder with beir/ and mteb/ (default: $RETRIEVEKIT_DATA or ../shared/data)")
+    p.add_argument("--data", help=f"data folder with beir/ and mteb/ (default: ${DATA_ENV})")
     p.add_argument("--beir", nargs="+", metavar="DIR", help="BEIR folders to use instead of the suite's")
     p.add_argument("--mteb", nargs="*", metavar="DIR", help="MTEB-style task folders instead of the suite's")
     p.add_argument("--model", action="append", metavar="FOLDER", help="add an adapted sentence-transformers model")
     p.add_argument("--rerank", action="append", metavar="SPEC",
                    help="add BM25 + this reranker (top 100), e.g. cross-encoder:DIR or llm-yesno:smollm2")
     p.add_argument("--systems", metavar="JSON", help="JSON list of systems (name, method, options, reranker)")
-    p.add_argument("--max-queries", type=int, help="evaluate only the first N queries (smoke runs)")
+    p.add_argument("--max-queries", type=int, help="evaluate only the first N queries (smoke tests)")
     p.add_argument("--mteb-limit", type=int, help="use only the first N records of each MTEB split")
     p.add_argument("--no-cache", action="store_true", help="re-encode corpora even if cached in OUT/cache")
     p.add_argument("--no-plots", action="store_true")

@@ -1,4 +1,5 @@
-"""Dense retrieval: bi-encoders (``encoders``; fast paths in ``onnx``, ``quantize``, ``cpu``) and the FAISS first stage (``searcher``).
+"""Dense retrieval: bi-encoders (``encoders``; fast paths in ``onnx``, ``quantize``, ``cpu``), FAISS index
+choice (``index``) and the first stage (``searcher``).
 
 Importing this package loads neither torch nor FAISS; they load when a model or an index is built.
 """

@@ -2,7 +2,7 @@
 
 Pooling and normalisation come from the model's own folder (``modules.json``, ``1_Pooling``,
 ``config_sentence_transformers.json``); query/document prefixes from its ``prompts`` or, for a few
-well-known hub models that predate prompts (e5, bge), from :data:`KNOWN_PREFIXES`.
+well-known hub models that predate prompts (e5, bge), from the model registry (:mod:`retrieval.models`).
 Nothing here downloads at import; loading a hub name needs internet or a filled HF cache.
 """
 from __future__ import annotations
@@ -10,51 +10,78 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
+from retrieval.configs import Config, check_type, field_names
 from retrieval.dense.cpu import has_fast_bf16
 from retrieval.errors import MissingDependency
-from retrieval.models import resolve_model
+from retrieval.models import DEFAULT_EMBEDDER, folder_fingerprint, model_reference, model_spec, resolve_model
 from retrieval.types import Document
 
 logger = logging.getLogger(__name__)
 
-# Exact hub names whose model cards ask for prefixes but whose folders do not declare them.
-KNOWN_PREFIXES: dict[str, tuple[str, str]] = {
-    "intfloat/e5-small-v2": ("query: ", "passage: "),
-    "intfloat/e5-base-v2": ("query: ", "passage: "),
-    "intfloat/e5-large-v2": ("query: ", "passage: "),
-    "intfloat/multilingual-e5-small": ("query: ", "passage: "),
-    "intfloat/multilingual-e5-base": ("query: ", "passage: "),
-    "BAAI/bge-small-en-v1.5": ("Represent this sentence for searching relevant passages: ", ""),
-    "BAAI/bge-base-en-v1.5": ("Represent this sentence for searching relevant passages: ", ""),
-    "BAAI/bge-large-en-v1.5": ("Represent this sentence for searching relevant passages: ", ""),
-}
 QUERY_PROMPT_NAMES = ("query",)
 BACKENDS = ("torch", "onnx")
 DOC_PROMPT_NAMES = ("document", "passage", "doc", "corpus")
 
 
-@dataclass
-class EncoderConfig:
-    """How a bi-encoder was loaded; stored in index manifests so a reload can be checked."""
+@dataclass(frozen=True)
+class EncoderConfig(Config):
+    """How a bi-encoder is loaded and run: the one list of encoder options (the CLI flags, ``load_encoder``'s
+    keywords and ``Retriever.from_documents``'s dense options are all made from these fields)."""
 
-    model: str = "minilm"
-    int8: bool = False
-    backend: str = "torch"
-    bf16: bool = False
-    max_seq_length: int | None = None
-    query_prefix: str | None = None
-    doc_prefix: str | None = None
-    batch_size: int = 32
-    device: str | None = None
-    show_progress: bool = True
+    model: str = field(default=DEFAULT_EMBEDDER, metadata={
+        "help": f"bi-encoder: alias ({DEFAULT_EMBEDDER}, bundled), local folder or hub name"})
+    int8: bool = field(default=False, metadata={"help": "int8 CPU fast path for encoding"})
+    backend: str = field(default="torch", metadata={
+        "help": "encoder runtime: torch, or onnx (ONNX Runtime, CPU; fp32, or int8 with the int8 option)",
+        "choices": BACKENDS})
+    bf16: bool = field(default=False, metadata={
+        "help": "bfloat16 autocast for encoding (fast on CPUs with AMX/AVX512-BF16, and on GPUs)"})
+    max_seq_length: int | None = field(default=None, metadata={"help": "truncate texts to this many tokens"})
+    query_prefix: str | None = field(default=None, metadata={"help": "text before each query (default: the model's)"})
+    doc_prefix: str | None = field(default=None, metadata={"help": "text before each document (default: the model's)"})
+    batch_size: int = field(default=32, metadata={"help": "texts per encoding batch"})
+    device: str | None = field(default=None, metadata={"help": "torch device (cpu, cuda...; default: the best one)"})
+    show_progress: bool = field(default=True, metadata={"help": "progress bar while encoding documents"})
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str):   # a pathlib.Path is welcome; it is stored as a string
+            object.__setattr__(self, "model", str(self.model))
+        if not self.model:
+            raise ValueError("EncoderConfig.model must name a model")
+        for name in ("int8", "bf16", "show_progress"):
+            check_type("EncoderConfig", name, getattr(self, name), (bool,))
+        for name in ("query_prefix", "doc_prefix", "device"):
+            check_type("EncoderConfig", name, getattr(self, name), (str,), optional=True)
+        check_type("EncoderConfig", "batch_size", self.batch_size, (int,))
+        check_type("EncoderConfig", "max_seq_length", self.max_seq_length, (int,), optional=True)
+        self._check_values()
+
+    def _check_values(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.max_seq_length is not None and self.max_seq_length < 1:
+            raise ValueError(f"max_seq_length must be >= 1, got {self.max_seq_length}")
+        if self.int8 and self.bf16:
+            raise ValueError("int8=True and bf16=True are two different fast paths; pick one")
+        if self.bf16 and self.backend == "onnx":
+            raise ValueError("bf16=True runs in torch; use backend='torch' (or int8=True with backend='onnx')")
+        if (self.int8 or self.backend == "onnx") and self.device not in (None, "cpu"):
+            raise ValueError(f"int8=True and backend='onnx' run on CPU only; got device={self.device!r}")
+
+    @property
+    def cpu_only(self) -> bool:
+        return self.int8 or self.backend == "onnx"
+
+
+# The options that decide which vectors come out (all but the progress bar): keys of an encoder cache.
+ENCODER_OPTIONS: tuple[str, ...] = tuple(n for n in field_names(EncoderConfig) if n != "show_progress")
 
 
 def _sentence_transformers():
@@ -66,12 +93,13 @@ def _sentence_transformers():
 
 
 def _model_prefixes(model: Any, name: str) -> tuple[str, str]:
-    """(query, document) prefixes declared by the model's ``prompts``, else the known table, else none."""
+    """(query, document) prefixes declared by the model's ``prompts``, else the registry's, else none."""
     prompts = dict(getattr(model, "prompts", None) or {})
     query = next((prompts[p] for p in QUERY_PROMPT_NAMES if prompts.get(p)), None)
     doc = next((prompts[p] for p in DOC_PROMPT_NAMES if prompts.get(p)), None)
-    if query is None and doc is None and name in KNOWN_PREFIXES:
-        return KNOWN_PREFIXES[name]
+    spec = model_spec(name)
+    if query is None and doc is None and spec is not None and spec.prefixes is not None:
+        return spec.prefixes
     return query or "", doc or ""
 
 
@@ -105,20 +133,17 @@ class BiEncoder:
     outputs in fp32): 2.6-3x fp32 on CPUs with AMX/AVX512-BF16 at ~0.99998 cosine, also on GPUs.
     """
 
-    def __init__(self, model: Any, config: EncoderConfig, cache_dir: str | None = None) -> None:
-        if config.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {config.backend!r}")
-        if config.bf16 and config.int8:
-            raise ValueError("int8=True and bf16=True are two different fast paths; pick one")
-        if config.bf16 and config.backend == "onnx":
-            raise ValueError("bf16=True runs in torch; use backend='torch' (or int8=True with backend='onnx')")
+    def __init__(self, model: Any, config: EncoderConfig, cache_dir: str | None = None, *,
+                 reference: str | None = None, source: str = "memory", fingerprint: str | None = None) -> None:
+        """Wrap a loaded ``SentenceTransformer``; ``reference``/``source``/``fingerprint`` say where it came from."""
+        if not isinstance(config, EncoderConfig):
+            raise ValueError(f"config must be an EncoderConfig, got {type(config).__name__}")
         self.model = model
         self.onnx: Any = None
         self.config = config
         self.model_name = config.model
+        self.reference, self.source, self.fingerprint = reference or config.model, source, fingerprint
         if config.max_seq_length is not None:
-            if config.max_seq_length < 1:
-                raise ValueError(f"max_seq_length must be >= 1, got {config.max_seq_length}")
             model.max_seq_length = config.max_seq_length
         query_prefix, doc_prefix = _model_prefixes(model, config.model)
         self.query_prefix = query_prefix if config.query_prefix is None else config.query_prefix
@@ -130,29 +155,29 @@ class BiEncoder:
         if not dim:
             raise ValueError(f"model {config.model!r} does not report its embedding dimension")
         self.dim = int(dim)
+        self._fast_path(cache_dir)
+
+    def _fast_path(self, cache_dir: str | None) -> None:
+        """Swap in the ONNX Runtime graph or the int8 torch model the config asks for."""
+        config = self.config
         if config.backend == "onnx":
             from retrieval.dense.onnx import OnnxEncoder, OnnxSettings
 
-            self.onnx = OnnxEncoder(model, OnnxSettings(quantize=config.int8), cache_dir=cache_dir)
+            self.onnx = OnnxEncoder(self.model, OnnxSettings(quantize=config.int8), cache_dir=cache_dir)
         elif config.int8:
             from retrieval.dense.quantize import quantize_linear_int8
 
-            self.model = quantize_linear_int8(model)
+            self.model = quantize_linear_int8(self.model)
         if config.bf16 and self.device_type == "cpu" and not has_fast_bf16():
             logger.warning("bf16=True on a CPU without AVX512-BF16/AMX: PyTorch emulates bf16 there, so encoding "
                            "is likely slower than fp32")
 
     @classmethod
-    def from_model(cls, model: Any, *, model_name: str | None = None, int8: bool = False, backend: str = "torch",
-                   bf16: bool = False, cache_dir: str | None = None, max_seq_length: int | None = None, query_prefix: str | None = None,
-                   doc_prefix: str | None = None, batch_size: int = 32, device: str | None = None,
-                   show_progress: bool = True) -> "BiEncoder":
-        """Wrap an in-memory ``SentenceTransformer`` (e.g. one just trained)."""
+    def from_model(cls, model: Any, *, model_name: str | None = None, cache_dir: str | None = None,
+                   **options: Any) -> "BiEncoder":
+        """Wrap an in-memory ``SentenceTransformer`` (e.g. one just trained); ``options``: EncoderConfig fields."""
         name = model_name or getattr(getattr(model, "model_card_data", None), "base_model", None) or "in-memory"
-        config = EncoderConfig(model=str(name), int8=int8, backend=backend, bf16=bf16, max_seq_length=max_seq_length,
-                               query_prefix=query_prefix, doc_prefix=doc_prefix, batch_size=batch_size,
-                               device=device, show_progress=show_progress)
-        return cls(model, config, cache_dir=cache_dir)
+        return cls(model, EncoderConfig(model=str(name)).with_options(**options), cache_dir=cache_dir)
 
     @property
     def max_seq_length(self) -> int:
@@ -172,11 +197,12 @@ class BiEncoder:
         return torch.autocast(device_type=self.device_type, dtype=torch.bfloat16)
 
     def describe(self) -> dict[str, Any]:
-        """What a saved index must agree with: model, dimension, normalisation, pooling, prefixes."""
-        return {"model": self.model_name, "dim": self.dim, "normalize": self.normalize, "pooling": self.pooling,
-                "query_prefix": self.query_prefix, "doc_prefix": self.doc_prefix,
-                "max_seq_length": self.max_seq_length, "int8": self.config.int8, "backend": self.config.backend,
-                "bf16": self.config.bf16}
+        """What a saved index must agree with: model reference and fingerprint, dimension, normalisation,
+        pooling, prefixes (``source``: "bundled", "local", "hub" or "memory")."""
+        return {"model": self.reference, "source": self.source, "fingerprint": self.fingerprint, "dim": self.dim,
+                "normalize": self.normalize, "pooling": self.pooling, "query_prefix": self.query_prefix,
+                "doc_prefix": self.doc_prefix, "max_seq_length": self.max_seq_length, "int8": self.config.int8,
+                "backend": self.config.backend, "bf16": self.config.bf16}
 
     def _encode(self, texts: list[str], prefix: str, show_progress: bool) -> np.ndarray:
         if not texts:
@@ -205,29 +231,24 @@ class BiEncoder:
         return self._encode(texts, self.doc_prefix, show_progress=progress and len(texts) > self.config.batch_size)
 
 
-def load_encoder(model: str = "minilm", *, int8: bool = False, backend: str = "torch", bf16: bool = False,
-                 cache_dir: str | None = None, max_seq_length: int | None = None,
-                 query_prefix: str | None = None, doc_prefix: str | None = None, batch_size: int = 32,
-                 device: str | None = None, show_progress: bool = True) -> BiEncoder:
+def load_encoder(model: str | EncoderConfig = DEFAULT_EMBEDDER, *, cache_dir: str | None = None,
+                 **options: Any) -> BiEncoder:
     """Load a bi-encoder by alias (``minilm``: bundled, offline), local folder, or hub name.
 
-    ``backend="onnx"`` runs the model in ONNX Runtime (CPU; export cached in ``cache_dir``, default
-    ``~/.cache/retrievekit/onnx``; needs ``pip install onnxruntime onnx``). ``int8=True`` picks the CPU int8 path
-    of either backend (dynamic nn.Linear in torch, a quantised graph in ONNX Runtime).
-    ``bf16=True`` encodes under bfloat16 autocast (fast on AMX/AVX512-BF16 CPUs and on GPUs).
+    ``model`` is a name or a whole :class:`EncoderConfig`; ``options`` are its other fields (``int8``,
+    ``backend``, ``bf16``, ``batch_size``...; unknown names raise ValueError). ``backend="onnx"`` runs the model
+    in ONNX Runtime (CPU; export cached in ``cache_dir``, default ``~/.cache/retrievekit/onnx``; needs
+    ``pip install onnxruntime onnx``). ``int8=True`` picks the CPU int8 path of either backend (dynamic
+    nn.Linear in torch, a quantised graph in ONNX Runtime). ``bf16=True`` encodes under bfloat16 autocast.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    ref = resolve_model(model)
-    if (int8 or backend == "onnx") and device not in (None, "cpu"):
-        raise ValueError(f"int8=True and backend='onnx' run on CPU only; got device={device!r}")
-    if int8 and bf16:
-        raise ValueError("int8=True and bf16=True are two different fast paths; pick one")
+    config = model if isinstance(model, EncoderConfig) else EncoderConfig(model=model)
+    config = config.with_options(**options) if options else config
+    ref = resolve_model(config.model)
     st = _sentence_transformers()
-    logger.info("loading bi-encoder %s from %s", model, ref.path)
-    cpu_only = int8 or backend == "onnx"
-    st_model = st.SentenceTransformer(ref.path, device="cpu" if cpu_only else device, local_files_only=ref.is_local)
-    config = EncoderConfig(model=str(model), int8=int8, backend=backend, bf16=bf16, max_seq_length=max_seq_length,
-                           query_prefix=query_prefix, doc_prefix=doc_prefix, batch_size=batch_size, device=device,
-                           show_progress=show_progress)
-    return BiEncoder(st_model, config, cache_dir=cache_dir)
+    logger.info("loading bi-encoder %s from %s", config.model, ref.path)
+    device = "cpu" if config.cpu_only else config.device
+    st_model = st.SentenceTransformer(ref.path, device=device, local_files_only=ref.is_local)
+    reference, source = model_reference(config.model)
+    fingerprint = folder_fingerprint(ref.path) if ref.is_local else None
+    return BiEncoder(st_model, config, cache_dir=cache_dir, reference=reference, source=source,
+                     fingerprint=fingerprint)

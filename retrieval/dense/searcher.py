@@ -1,130 +1,36 @@
 """The dense first stage: a bi-encoder plus a FAISS inner-product index over document embeddings.
 
 Indexes are chosen by name (``flat``, ``hnsw``, ``ivf``, ``ivfpq``, ``auto``) or by any FAISS factory
-string. Every document gets a stable int64 FAISS id, increasing in row order, so ``rows = searchsorted(
-faiss_ids, labels)`` maps FAISS results back to DocStore rows. Indexes that cannot delete (HNSW) keep
-removed ids as tombstones that a FAISS ``IDSelector`` filters out at search time, and are rebuilt from
-their stored vectors once a quarter of them is dead.
+string (see ``index.py``). Every document gets a stable int64 FAISS id, increasing in row order, so
+``rows = searchsorted(faiss_ids, labels)`` maps FAISS results back to DocStore rows. Indexes that cannot
+delete (HNSW) keep removed ids as tombstones that a FAISS ``IDSelector`` filters out at search time, and
+are rebuilt from their stored vectors once a quarter of them is dead.
 """
 from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from retrieval.dense.encoders import BiEncoder, load_encoder
-from retrieval.errors import IndexFormatError, MissingDependency
-from retrieval.models import resolve_model
-from retrieval.persistence import load_arrays, read_manifest, save_arrays, write_manifest
+from retrieval.dense.encoders import BiEncoder, EncoderConfig, load_encoder
+from retrieval.dense.index import (IndexConfig, faiss_module, ivf_lists, new_index, pq_shape,  # noqa: F401
+                                   resolve_index, set_search_params)
+from retrieval.errors import IndexFormatError
+from retrieval.models import looks_like_path, resolve_model
+from retrieval.persistence import load_arrays, manifest_field, read_manifest, save_arrays, write_manifest
+from retrieval.safe_files import check_array, read_file, read_str_list
 from retrieval.protocols import RowHits
 from retrieval.types import Document
 
 logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
-INDEX_NAMES = ("auto", "flat", "hnsw", "ivf", "ivfpq")
-AUTO_FLAT_MAX = 100_000      # exact search stays under ~20 ms/query up to here on 2 cores (384-d)
-AUTO_HNSW_MAX = 5_000_000    # beyond this, HNSW's graph does not fit a laptop: compressed IVF-PQ
 COMPACT_FRACTION = 0.25      # rebuild a tombstoned index once this share of its vectors is removed
-
-
-def _faiss():
-    try:
-        import faiss
-    except ImportError as exc:
-        raise MissingDependency("dense retrieval needs FAISS: pip install faiss-cpu") from exc
-    return faiss
-
-
-@dataclass
-class IndexConfig:
-    """The FAISS index of a dense stage: the name asked for, the factory string used, and search knobs."""
-
-    name: str = "auto"
-    factory: str = "Flat"
-    nprobe: int | None = None
-    ef_search: int | None = None
-    ef_construction: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-def ivf_lists(n: int) -> int:
-    """IVF list count: ~4 sqrt(n), with at least 39 training points per list (FAISS's k-means minimum)."""
-    return int(max(1, min(4 * math.sqrt(max(n, 1)), n // 39)))
-
-
-def pq_shape(dim: int, n: int) -> tuple[int, int]:
-    """PQ sub-quantisers (a divisor of dim near dim/8, i.e. 1 byte per 8 dims) and bits (2^bits <= n)."""
-    m = max(d for d in range(1, max(1, dim // 8) + 1) if dim % d == 0)
-    nbits = int(max(1, min(8, math.floor(math.log2(max(n, 2))))))
-    return m, nbits
-
-
-def resolve_index(name: str, n: int, dim: int) -> IndexConfig:
-    """Turn an index name (or a FAISS factory string) into a factory string with defaults for ``n`` docs."""
-    key = name.lower()
-    if key == "auto":
-        key = "flat" if n <= AUTO_FLAT_MAX else "hnsw" if n <= AUTO_HNSW_MAX else "ivfpq"
-    if key == "flat":
-        return IndexConfig(name=name, factory="Flat")
-    if key == "hnsw":
-        return IndexConfig(name=name, factory="HNSW32,Flat", ef_search=128, ef_construction=200)
-    if key in ("ivf", "ivfpq"):
-        if n < 2:
-            raise ValueError(f"index={name!r} must be trained on documents; got {n}. Use index='flat' or 'hnsw'.")
-        nlist = ivf_lists(n)
-        if key == "ivf":
-            return IndexConfig(name=name, factory=f"IVF{nlist},Flat", nprobe=min(nlist, 16))
-        m, nbits = pq_shape(dim, n)
-        # "np": skip polysemous training (minutes of annealing; it only helps Hamming-filtered search)
-        return IndexConfig(name=name, factory=f"IVF{nlist},PQ{m}x{nbits}np", nprobe=min(nlist, 16))
-    return IndexConfig(name=name, factory=name, nprobe=None, ef_search=None)
-
-
-def new_index(config: IndexConfig, dim: int, train: np.ndarray) -> Any:
-    """Create (and train if needed) an inner-product FAISS index that takes our own int64 ids."""
-    faiss = _faiss()
-    try:
-        index = faiss.index_factory(dim, config.factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        raise ValueError(f"index={config.name!r}: FAISS cannot build factory string {config.factory!r} ({exc})") from None
-    if config.ef_construction is not None and hasattr(faiss.downcast_index(index), "hnsw"):
-        faiss.downcast_index(index).hnsw.efConstruction = config.ef_construction
-    if not index.is_trained:
-        if len(train) == 0:
-            raise ValueError(f"index {config.factory!r} must be trained; build it on at least some documents")
-        index.train(np.ascontiguousarray(train, dtype=np.float32))
-    if not _is_ivf(index):
-        index = faiss.IndexIDMap2(index)   # IVF indexes store ids natively; the others get a translation layer
-    _set_search_params(index, config)
-    return index
-
-
-def _is_ivf(index: Any) -> bool:
-    try:
-        _faiss().extract_index_ivf(index)
-        return True
-    except RuntimeError:
-        return False
-
-
-def _set_search_params(index: Any, config: IndexConfig) -> None:
-    faiss = _faiss()
-    space = faiss.ParameterSpace()
-    if config.nprobe is not None and _is_ivf(index):
-        space.set_index_parameter(index, "nprobe", int(config.nprobe))
-    if config.ef_search is not None:
-        inner = faiss.downcast_index(index.index) if hasattr(index, "id_map") else faiss.downcast_index(index)
-        if hasattr(inner, "hnsw"):
-            inner.hnsw.efSearch = int(config.ef_search)
 
 
 def same_model(a: str, b: str) -> bool:
@@ -136,6 +42,17 @@ def same_model(a: str, b: str) -> bool:
     except (FileNotFoundError, ImportError):
         return False
     return ra.is_local and rb.is_local and Path(ra.path).resolve() == Path(rb.path).resolve()
+
+
+def as_encoder(encoder: Any, show_progress: bool = True) -> BiEncoder:
+    """A ready encoder as it is; an :class:`EncoderConfig` (or None: the default) loaded."""
+    if encoder is None:
+        return load_encoder(EncoderConfig(show_progress=show_progress))
+    if isinstance(encoder, EncoderConfig):
+        return load_encoder(encoder)
+    if not callable(getattr(encoder, "encode_documents", None)):
+        raise ValueError(f"encoder must be a BiEncoder or an EncoderConfig, got {type(encoder).__name__}")
+    return encoder
 
 
 class DenseSearcher:
@@ -160,26 +77,20 @@ class DenseSearcher:
 
     # --- building ------------------------------------------------------------------------------
     @classmethod
-    def build(cls, docs: Sequence[Document], show_progress: bool = True, *, model: str = "minilm",
-              index: str = "auto", int8: bool = False, backend: str = "torch", bf16: bool = False,
-              batch_size: int = 32,
-              max_seq_length: int | None = None,
-              query_prefix: str | None = None, doc_prefix: str | None = None, device: str | None = None,
-              nprobe: int | None = None, ef_search: int | None = None, ef_construction: int | None = None,
-              encoder: BiEncoder | None = None) -> "DenseSearcher":
-        """Embed ``docs`` with ``model`` (or a ready ``encoder``) and index them with ``index``."""
-        if encoder is None:
-            encoder = load_encoder(model, int8=int8, backend=backend, bf16=bf16, max_seq_length=max_seq_length,
-                                   query_prefix=query_prefix, doc_prefix=doc_prefix, batch_size=batch_size,
-                                   device=device, show_progress=show_progress)
+    def build(cls, docs: Sequence[Document], show_progress: bool = True, *,
+              encoder: BiEncoder | EncoderConfig | None = None, index: IndexConfig | str = "auto") -> "DenseSearcher":
+        """Embed ``docs`` and index them with ``index`` (a name, factory string or :class:`IndexConfig`).
+
+        ``encoder`` is a ready :class:`BiEncoder`, or an :class:`EncoderConfig` to load (default: the bundled
+        model). Flat options (``model=``, ``nprobe=``...) are taken by ``Retriever.from_documents``.
+        """
+        encoder = as_encoder(encoder, show_progress)
         emb = encoder.encode_documents(docs, show_progress=show_progress)
-        return cls.from_embeddings([d.id for d in docs], emb, encoder, index=index, nprobe=nprobe,
-                                   ef_search=ef_search, ef_construction=ef_construction)
+        return cls.from_embeddings([d.id for d in docs], emb, encoder, index=index)
 
     @classmethod
     def from_embeddings(cls, doc_ids: Sequence[str], embeddings: np.ndarray, encoder: BiEncoder, *,
-                        index: str = "auto", nprobe: int | None = None, ef_search: int | None = None,
-                        ef_construction: int | None = None) -> "DenseSearcher":
+                        index: IndexConfig | str = "auto") -> "DenseSearcher":
         """Index precomputed document embeddings (rows in ``doc_ids`` order) made by ``encoder``."""
         emb = np.ascontiguousarray(embeddings, dtype=np.float32)
         if emb.ndim != 2 or emb.shape[0] != len(doc_ids) or emb.shape[1] != encoder.dim:
@@ -187,9 +98,6 @@ class DenseSearcher:
         if len(set(doc_ids)) != len(doc_ids):
             raise ValueError("document ids must be unique")
         config = resolve_index(index, len(doc_ids), encoder.dim)
-        config.nprobe = nprobe if nprobe is not None else config.nprobe
-        config.ef_search = ef_search if ef_search is not None else config.ef_search
-        config.ef_construction = ef_construction if ef_construction is not None else config.ef_construction
         faiss_index = new_index(config, encoder.dim, emb)
         fids = np.arange(len(doc_ids), dtype=np.int64)
         if len(fids):
@@ -229,7 +137,7 @@ class DenseSearcher:
     def _search_params(self) -> Any:
         if len(self.removed) == 0:
             return None
-        faiss = _faiss()
+        faiss = faiss_module()
         params = faiss.SearchParameters()
         if self.config.ef_search is not None and hasattr(self.index, "id_map"):
             inner = faiss.downcast_index(self.index.index)
@@ -264,7 +172,7 @@ class DenseSearcher:
             raise IndexError(f"rows out of range 0..{len(self) - 1}: {drop[(drop < 0) | (drop >= len(self))][:5]}")
         fids = self.faiss_ids[drop]
         try:
-            self.index.remove_ids(_faiss().IDSelectorBatch(fids))
+            self.index.remove_ids(faiss_module().IDSelectorBatch(fids))
         except RuntimeError:
             self.removed = np.union1d(self.removed, fids)
         self.faiss_ids = np.delete(self.faiss_ids, drop)
@@ -294,7 +202,7 @@ class DenseSearcher:
         """Write ``index.faiss`` (FAISS's own format), id arrays, ``doc_ids.json`` and a versioned manifest."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _faiss().write_index(self.index, str(folder / "index.faiss"))
+        faiss_module().write_index(self.index, str(folder / "index.faiss"))
         save_arrays(folder, {"faiss_ids": self.faiss_ids, "removed": self.removed})
         (folder / "doc_ids.json").write_text(json.dumps(self.doc_ids, ensure_ascii=False), encoding="utf-8")
         return write_manifest(folder, kind="dense", format_version=FORMAT_VERSION, **self.manifest())
@@ -305,35 +213,124 @@ class DenseSearcher:
              backend: str | None = None, batch_size: int = 32,
              device: str | None = None, show_progress: bool = True, nprobe: int | None = None,
              ef_search: int | None = None) -> "DenseSearcher":
-        """Open a saved dense stage; a ``model``/``encoder`` that differs from the one it was built with fails."""
+        """Open a saved dense stage; a ``model``/``encoder`` that differs from the one it was built with fails.
+
+        The FAISS file, id arrays and ``doc_ids.json`` are checked against each other before the model loads.
+        """
         folder = Path(folder)
         manifest = read_manifest(folder, "dense", FORMAT_VERSION)
-        saved = manifest["encoder"]
-        if model is not None and not same_model(str(model), saved["model"]):
-            raise IndexFormatError(f"{folder / 'manifest.json'}: index was built with model {saved['model']!r} "
-                                   f"(dim {saved['dim']}); got model={model!r}. Rebuild, or load with model="
-                                   f"{saved['model']!r}.")
+        where = folder / "manifest.json"
+        saved = manifest_field(manifest, "encoder", dict, where)
+        index_config = saved_index_config(folder, manifest_field(manifest, "index", dict, where),
+                                          nprobe=nprobe, ef_search=ef_search)
+        index, faiss_ids, removed, doc_ids = read_stage_files(folder, manifest_field(manifest, "next_id", int, where))
+        try:
+            name = saved_model_name(folder, saved, model)
+            if encoder is None:
+                # Unset flags keep the saved fast path; asking for the other one switches to it.
+                use_int8 = (saved["int8"] and not bf16) if int8 is None else int8
+                use_bf16 = (saved.get("bf16", False) and not use_int8) if bf16 is None else bf16
+                use_backend = backend or ("torch" if use_bf16 else saved.get("backend", "torch"))
+                settings = dict(int8=use_int8, bf16=use_bf16, backend=use_backend,
+                                max_seq_length=saved["max_seq_length"], query_prefix=saved["query_prefix"],
+                                doc_prefix=saved["doc_prefix"])
+        except KeyError as exc:
+            raise IndexFormatError(f"{where}: 'encoder' misses key {exc}") from None
         if encoder is None:
-            # Unset flags keep the saved fast path; asking for the other one switches to it.
-            use_int8 = (saved["int8"] and not bf16) if int8 is None else int8
-            use_bf16 = (saved.get("bf16", False) and not use_int8) if bf16 is None else bf16
-            use_backend = backend or ("torch" if use_bf16 else saved.get("backend", "torch"))
-            encoder = load_encoder(saved["model"], int8=use_int8, bf16=use_bf16, backend=use_backend,
-                                   max_seq_length=saved["max_seq_length"], query_prefix=saved["query_prefix"],
-                                   doc_prefix=saved["doc_prefix"], batch_size=batch_size, device=device,
-                                   show_progress=show_progress)
-        _check_encoder(folder, saved, encoder)
-        index_config = IndexConfig(**manifest["index"])
-        index_config.nprobe = nprobe if nprobe is not None else index_config.nprobe
-        index_config.ef_search = ef_search if ef_search is not None else index_config.ef_search
-        path = folder / "index.faiss"
-        if not path.exists():
-            raise IndexFormatError(f"{path}: missing")
-        index = _faiss().read_index(str(path))
-        arrays = load_arrays(folder, ["faiss_ids", "removed"])
-        doc_ids = json.loads((folder / "doc_ids.json").read_text(encoding="utf-8"))
-        _set_search_params(index, index_config)
-        return cls(encoder, index, index_config, doc_ids, arrays["faiss_ids"], arrays["removed"], manifest["next_id"])
+            encoder = load_encoder(name, **settings, batch_size=batch_size, device=device, show_progress=show_progress)
+        try:
+            _check_encoder(folder, saved, encoder)
+        except KeyError as exc:
+            raise IndexFormatError(f"{where}: 'encoder' misses key {exc}") from None
+        set_search_params(index, index_config)
+        return cls(encoder, index, index_config, doc_ids, faiss_ids, removed, manifest["next_id"])
+
+
+def read_faiss(path: Path) -> Any:
+    """A FAISS index from a regular file (read once, checksum verified); damage names the file."""
+    data = np.frombuffer(read_file(path), dtype=np.uint8)
+    try:
+        return faiss_module().deserialize_index(data)
+    except (RuntimeError, MemoryError, ValueError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise IndexFormatError(f"{path}: not a FAISS index FAISS can read ({detail[:200]})") from None
+
+
+def stored_ids(index: Any) -> np.ndarray | None:
+    """The int64 ids a FAISS index holds (IDMap or IVF), or None for an index kind that keeps none."""
+    faiss = faiss_module()
+    if hasattr(index, "id_map"):
+        return faiss.vector_to_array(index.id_map).astype(np.int64)
+    try:
+        ivf = faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return None
+    lists = ivf.invlists
+    parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+             for i in range(ivf.nlist) if lists.list_size(i)]
+    return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+
+def _sorted_ids(arr: np.ndarray, path: Path, next_id: int) -> np.ndarray:
+    ids = check_array(arr, path, "iu")
+    if len(ids) and (ids.min() < 0 or ids.max() >= next_id):
+        raise IndexFormatError(f"{path}: ids must lie in [0, {next_id}) (next_id in the manifest)")
+    ids = ids.astype(np.int64)
+    if (np.diff(ids) <= 0).any():
+        raise IndexFormatError(f"{path}: ids must be strictly increasing")
+    return ids
+
+
+def read_stage_files(folder: Path, next_id: int) -> tuple[Any, np.ndarray, np.ndarray, list[str]]:
+    """(FAISS index, live ids, tombstoned ids, doc ids) of a saved stage, checked against each other."""
+    arrays = load_arrays(folder, ["faiss_ids", "removed"])
+    faiss_ids = _sorted_ids(arrays["faiss_ids"], folder / "faiss_ids.npy", next_id)
+    removed = _sorted_ids(arrays["removed"], folder / "removed.npy", next_id)
+    if np.intersect1d(faiss_ids, removed).size:
+        raise IndexFormatError(f"{folder / 'removed.npy'}: names ids that faiss_ids.npy holds as live")
+    doc_ids = read_str_list(folder / "doc_ids.json", "document id")
+    if len(doc_ids) != len(faiss_ids):
+        raise IndexFormatError(f"{folder / 'doc_ids.json'}: {len(doc_ids)} ids for {len(faiss_ids)} in faiss_ids.npy")
+    path = folder / "index.faiss"
+    index = read_faiss(path)
+    held = stored_ids(index)
+    expected = np.union1d(faiss_ids, removed)
+    if index.ntotal != len(expected) or (held is not None and not np.array_equal(np.sort(held), expected)):
+        raise IndexFormatError(f"{path}: holds {index.ntotal} vectors whose ids are not the {len(faiss_ids)} live "
+                               f"+ {len(removed)} removed ids of faiss_ids.npy/removed.npy; the parts disagree")
+    return index, faiss_ids, removed, doc_ids
+
+
+def saved_index_config(folder: Path, saved: Any, **knobs: int | None) -> IndexConfig:
+    """The saved :class:`IndexConfig`, with the search knobs the caller sets; a bad entry names the manifest."""
+    try:
+        config = IndexConfig.from_dict(saved)
+        return replace(config, **{k: v for k, v in knobs.items() if v is not None})
+    except (TypeError, ValueError) as exc:
+        raise IndexFormatError(f"{folder / 'manifest.json'}: bad index config ({exc})") from None
+
+
+def saved_model_name(folder: Path, saved: dict[str, Any], model: str | None) -> str:
+    """The model to load for a saved stage: ``model`` if given, else the stored reference.
+
+    A stored local folder is an absolute path (older manifests may hold a relative one); it is loaded from
+    there or not at all -- never looked up relative to the working directory or on the hub.
+    """
+    where = folder / "manifest.json"
+    stored = str(saved["model"])
+    if model is not None:
+        if not saved.get("fingerprint") and not same_model(str(model), stored):
+            raise IndexFormatError(f"{where}: index was built with model {stored!r} (dim {saved['dim']}); got "
+                                   f"model={model!r}. Rebuild, or load with model={stored!r}.")
+        return str(model)
+    if saved.get("source") == "local" and not Path(stored).is_dir():
+        raise IndexFormatError(f"{where}: index was built with the local model folder {stored!r}, which does not "
+                               "exist; pass model=<folder> to load the same model from where it is now")
+    if "source" not in saved and looks_like_path(stored) and not Path(stored).is_absolute():
+        logger.warning("%s: written by an older release with the relative model path %r; it is resolved against "
+                       "the current folder and cannot be checked. Save the index again to store a checked one.",
+                       where, stored)
+    return stored
 
 
 def _check_encoder(folder: Path, saved: dict[str, Any], encoder: BiEncoder) -> None:
@@ -345,6 +342,17 @@ def _check_encoder(folder: Path, saved: dict[str, Any], encoder: BiEncoder) -> N
     if encoder.normalize != saved["normalize"]:
         raise IndexFormatError(f"{where}: index vectors normalize={saved['normalize']}, encoder "
                                f"{encoder.model_name!r} normalize={encoder.normalize}")
-    if not same_model(encoder.model_name, saved["model"]):
+    pooling = getattr(encoder, "pooling", None)
+    if saved.get("pooling") and pooling and pooling != saved["pooling"]:
+        raise IndexFormatError(f"{where}: index vectors were pooled by {saved['pooling']!r} (model "
+                               f"{saved['model']!r}); encoder {encoder.model_name!r} pools by {pooling!r}")
+    stored, found = saved.get("fingerprint"), getattr(encoder, "fingerprint", None)
+    if stored and found:
+        if stored != found:
+            raise IndexFormatError(
+                f"{where}: index was built with model {saved['model']!r} (fingerprint {stored[:12]}); the model "
+                f"loaded from {getattr(encoder, 'reference', encoder.model_name)!r} has fingerprint {found[:12]}: "
+                "its weights or config differ. Rebuild the index, or load with model= pointing at the original.")
+    elif not same_model(encoder.model_name, saved["model"]):
         raise IndexFormatError(f"{where}: index was built with model {saved['model']!r}; encoder is "
                                f"{encoder.model_name!r}")

@@ -10,47 +10,92 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrieval.sparse.searcher import BM25Searcher
-from retrieval.dense.searcher import DenseSearcher
+from retrieval.configs import Config, check_type
+from retrieval.dense.encoders import BiEncoder, EncoderConfig
+from retrieval.dense.searcher import DenseSearcher, IndexConfig
+from retrieval.errors import IndexFormatError
 from retrieval.hybrid.fusion import FUSIONS, fuse
 from retrieval.protocols import RowHits
+from retrieval.sparse.scoring import BM25Config
+from retrieval.sparse.searcher import BM25Searcher
+from retrieval.sparse.tokenize import TokenizerConfig
 from retrieval.types import Document
 
 
+@dataclass(frozen=True)
+class FusionConfig(Config):
+    """How the two stages' results are fused: the rule, its parameters, and how deep each stage retrieves."""
+
+    fusion: str = field(default="rrf", metadata={"help": "hybrid fusion rule", "choices": FUSIONS})
+    weight: float = field(default=0.5, metadata={"help": "hybrid linear fusion: weight of the dense score"})
+    rrf_k: float = field(default=60.0, metadata={"help": "hybrid RRF constant"})
+    depth: int = field(default=1000, metadata={"help": "hybrid: candidates per first stage before fusion"})
+
+    def __post_init__(self) -> None:
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {self.fusion!r}; choose one of {FUSIONS}")
+        check_type("FusionConfig", "weight", self.weight, (int, float))
+        check_type("FusionConfig", "rrf_k", self.rrf_k, (int, float))
+        check_type("FusionConfig", "depth", self.depth, (int,))
+        if not 0.0 <= self.weight <= 1.0:
+            raise ValueError(f"weight must be in [0, 1], got {self.weight}")
+        if self.rrf_k < 0:
+            raise ValueError(f"rrf_k must be >= 0, got {self.rrf_k}")
+        if self.depth < 1:
+            raise ValueError(f"depth must be >= 1, got {self.depth}")
+
+
 def _split(options: dict[str, Any], method: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Options named in ``method``'s signature, and the rest."""
+    """Options named in ``method``'s signature, and the rest (routes ``load`` options to the two stages)."""
     names = set(inspect.signature(method).parameters) - {"cls", "self", "docs", "folder", "config", "show_progress"}
     mine = {k: v for k, v in options.items() if k in names}
     return mine, {k: v for k, v in options.items() if k not in names}
 
 
 class HybridSearcher:
-    """BM25 + dense over the same rows, fused by ``fusion`` ("rrf" or "linear")."""
+    """BM25 + dense over the same rows, fused as :class:`FusionConfig` says ("rrf" or "linear")."""
 
     method = "hybrid"
 
-    def __init__(self, bm25: BM25Searcher, dense: DenseSearcher, fusion: str = "rrf", weight: float = 0.5,
-                 rrf_k: float = 60.0, depth: int = 1000) -> None:
-        if fusion not in FUSIONS:
-            raise ValueError(f"unknown fusion {fusion!r}; choose one of {FUSIONS}")
-        if not 0.0 <= weight <= 1.0:
-            raise ValueError(f"weight must be in [0, 1], got {weight}")
-        if depth < 1:
-            raise ValueError(f"depth must be >= 1, got {depth}")
+    def __init__(self, bm25: BM25Searcher, dense: DenseSearcher, config: FusionConfig | None = None,
+                 **fusion: Any) -> None:
+        """``fusion`` keywords (``fusion=``, ``weight=``, ``rrf_k=``, ``depth=``) override fields of ``config``."""
         self.bm25, self.dense = bm25, dense
-        self.fusion, self.weight, self.rrf_k, self.depth = fusion, float(weight), float(rrf_k), int(depth)
+        self.config = (config or FusionConfig()).with_options(**fusion)
+
+    @property
+    def fusion(self) -> str:
+        return self.config.fusion
+
+    @property
+    def weight(self) -> float:
+        return float(self.config.weight)
+
+    @property
+    def rrf_k(self) -> float:
+        return float(self.config.rrf_k)
+
+    @property
+    def depth(self) -> int:
+        return self.config.depth
 
     @classmethod
-    def build(cls, docs: Sequence[Document], show_progress: bool = True, *, fusion: str = "rrf",
-              weight: float = 0.5, rrf_k: float = 60.0, depth: int = 1000, **options: Any) -> "HybridSearcher":
-        """Build both stages; BM25's options (``tokenizer``, ``k1``...) go to BM25, the rest to dense."""
-        bm25_opts, dense_opts = _split(options, BM25Searcher.build)
-        bm25 = BM25Searcher.build(docs, show_progress=show_progress, **bm25_opts)
-        dense = DenseSearcher.build(docs, show_progress=show_progress, **dense_opts)
-        return cls(bm25, dense, fusion=fusion, weight=weight, rrf_k=rrf_k, depth=depth)
+    def build(cls, docs: Sequence[Document], show_progress: bool = True, *, bm25: BM25Config | None = None,
+              tokenizer: TokenizerConfig | str = "default", dense: BiEncoder | EncoderConfig | None = None,
+              index: IndexConfig | str = "auto", fusion: FusionConfig | None = None, n_jobs: int | None = None,
+              allow_custom_pattern: bool = False) -> "HybridSearcher":
+        """Build both stages: BM25 from ``bm25`` + ``tokenizer``, dense from ``dense`` (a ready encoder or an
+        :class:`EncoderConfig`) + ``index``; fuse as ``fusion`` says. Flat options go through ``from_documents``."""
+        if fusion is not None and not isinstance(fusion, FusionConfig):
+            raise ValueError(f"fusion must be a FusionConfig, got {type(fusion).__name__}")
+        sparse = BM25Searcher.build(docs, show_progress=show_progress, config=bm25, tokenizer=tokenizer,
+                                    n_jobs=n_jobs, allow_custom_pattern=allow_custom_pattern)
+        dense_stage = DenseSearcher.build(docs, show_progress=show_progress, encoder=dense, index=index)
+        return cls(sparse, dense_stage, fusion)
 
     def fuse(self, bm25_hits: list[RowHits], dense_hits: list[RowHits], k: int) -> list[RowHits]:
         """Fuse per-query BM25 and dense results (same query order) into the ``k`` best rows."""
@@ -86,10 +131,23 @@ class HybridSearcher:
              rrf_k: float | None = None, depth: int | None = None, **options: Any) -> "HybridSearcher":
         """Open both stages; fusion settings default to the saved ones, other options go to the stages."""
         folder = Path(folder)
+        where = folder.parent / "manifest.json"
+        if not isinstance(config, dict) or not {"bm25", "dense", "fusion", "weight", "rrf_k", "depth"} <= set(config):
+            raise IndexFormatError(f"{where}: the hybrid 'stage' entry must hold bm25, dense, fusion, weight, rrf_k "
+                                   "and depth")
         bm25_opts, dense_opts = _split(options, BM25Searcher.load)
         bm25 = BM25Searcher.load(folder / "bm25", config["bm25"], **bm25_opts)
         dense = DenseSearcher.load(folder / "dense", config["dense"], **dense_opts)
-        return cls(bm25, dense, fusion=fusion or config["fusion"],
-                   weight=config["weight"] if weight is None else weight,
-                   rrf_k=config["rrf_k"] if rrf_k is None else rrf_k,
-                   depth=config["depth"] if depth is None else depth)
+        if len(bm25) != len(dense):
+            raise IndexFormatError(f"{folder}: the BM25 stage holds {len(bm25)} documents, "
+                                   f"the dense stage {len(dense)}")
+        try:
+            return cls(bm25, dense, fusion=fusion or config["fusion"],
+                       weight=config["weight"] if weight is None else weight,
+                       rrf_k=config["rrf_k"] if rrf_k is None else rrf_k,
+                       depth=config["depth"] if depth is None else depth)
+        except (TypeError, ValueError) as exc:
+            raise IndexFormatError(f"{where}: bad fusion settings, saved or given ({exc})") from None
+
+    def __len__(self) -> int:
+        return len(self.dense)

@@ -45,7 +45,7 @@ class CrossEncoderReranker:
     def from_spec(cls, model: str | None, **options: Any) -> "CrossEncoderReranker":
         if not model:
             raise ValueError("cross-encoder needs a model: 'cross-encoder:FOLDER_OR_HUB_NAME' "
-                             "(train one with training.cross_encoder)")
+                             "(train one with: retrieval train cross-encoder --data BEIR_DIR --out OUT)")
         return cls.from_pretrained(model, **options)
 
     def score(self, query: str, hits: Sequence[Hit]) -> np.ndarray:

@@ -3,7 +3,7 @@
 Spec strings (``KIND[:MODEL]``; only the first ``:`` splits, so URLs and paths pass through):
 
 * ``cross-encoder:PATH_OR_NAME`` — a sentence-transformers ``CrossEncoder`` folder or hub name (e.g. one
-  made by ``training.cross_encoder.train_cross_encoder``); scores are its raw logits.
+  ``OUT/model`` made by ``retrieval train cross-encoder --out OUT``); scores are its raw logits.
 * ``llm-yesno[:MODEL]`` — P("Yes") vs P("No") to "Does the passage answer the query?".
 * ``llm-rating[:MODEL]`` — expected 0-5 grade under the digits' next-token probabilities.
 * ``llm-listwise[:MODEL]`` — RankGPT sliding windows (options ``window``, ``step``).
@@ -14,7 +14,7 @@ OpenAI-compatible server. ``load_reranker`` options: ``depth`` (rerank only the 
 ``show_progress`` for every kind; ``interpolate`` (weight W of the reranker in
 ``W * minmax(reranker) + (1 - W) * minmax(first stage)``) for ``cross-encoder``; ``batch_size``,
 ``device``, ``max_length`` for local models; ``max_passage_words`` for LLMs; ``window``, ``step``, ``max_tokens`` for listwise; ``timeout``,
-``retries``, ``backoff``, ``api_key``, ``concurrency``, ``top_logprobs`` for HTTP.
+``retries``, ``backoff``, ``api_key``, ``concurrency``, ``top_logprobs``, ``max_reply_bytes``, ``max_redirects`` for HTTP.
 
 Every reranker returns a permutation of its input: same hits, each once, best first, with ``score``
 set to its own score and the first stage's score kept in ``hit.extra["first_stage_score"]``.

@@ -10,39 +10,55 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.sparse as sp
 
+from retrieval.configs import Config, check_type
+from retrieval.errors import IndexFormatError
+
 logger = logging.getLogger(__name__)
 
 VARIANTS = ("lucene", "okapi", "robertson", "atire")
+DTYPES = ("float32", "float64")
+IMPLEMENTATIONS = ("native", "rank_bm25")   # our sparse products, or rank-bm25 as an exact reference
 
 
 @dataclass(frozen=True)
-class BM25Config:
-    """BM25 parameters. ``okapi`` equals ``rank_bm25.BM25Okapi`` (idf floored at ``epsilon`` x mean idf)."""
+class BM25Config(Config):
+    """BM25 parameters. ``okapi`` equals ``rank_bm25.BM25Okapi`` (idf floored at ``epsilon`` x mean idf).
 
-    variant: str = "lucene"
-    k1: float = 1.5
-    b: float = 0.75
-    epsilon: float = 0.25  # okapi only
-    dtype: str = "float32"
+    ``implementation="rank_bm25"`` scores with rank-bm25 itself (okapi only; exact, slow): a reference.
+    """
+
+    variant: str = field(default="lucene", metadata={"help": "BM25 variant", "choices": VARIANTS})
+    k1: float = field(default=1.5, metadata={"help": "BM25 term-frequency saturation"})
+    b: float = field(default=0.75, metadata={"help": "BM25 length normalisation"})
+    epsilon: float = field(default=0.25, metadata={"help": "okapi: idf floor as a share of the mean idf"})
+    dtype: str = field(default="float32", metadata={"help": "BM25 weight precision", "choices": DTYPES})
+    implementation: str = field(default="native", metadata={
+        "help": "native (sparse products) or rank_bm25 (exact okapi reference, slow)", "choices": IMPLEMENTATIONS})
+
+    RENAMED: ClassVar[Mapping[str, str]] = {"backend": "implementation"}   # the old name, in older manifests
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown BM25 variant {self.variant!r}; choose one of {VARIANTS}")
+        for name in ("k1", "b", "epsilon"):
+            check_type("BM25Config", name, getattr(self, name), (int, float))
         if self.k1 < 0 or not 0 <= self.b <= 1:
             raise ValueError(f"need k1 >= 0 and 0 <= b <= 1, got k1={self.k1}, b={self.b}")
-        if self.dtype not in ("float32", "float64"):
+        if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be float32 or float64, got {self.dtype!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        if self.implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"unknown BM25 implementation {self.implementation!r}; choose one of {IMPLEMENTATIONS}")
+        if self.implementation == "rank_bm25" and self.variant != "okapi":
+            raise ValueError("implementation='rank_bm25' implements variant='okapi' only")
 
 
 def idf(df: np.ndarray, n_docs: int, cfg: BM25Config) -> np.ndarray:
@@ -191,7 +207,44 @@ class BM25Index:
         return terms
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray], vocab: list[str], config: BM25Config) -> "BM25Index":
-        tf = sp.csr_matrix((arrays["tf_data"], arrays["tf_indices"], arrays["tf_indptr"]),
-                           shape=(len(arrays["tf_indptr"]) - 1, len(vocab)))
+    def from_arrays(cls, arrays: dict[str, np.ndarray], vocab: list[str], config: BM25Config,
+                    where: Path | None = None) -> "BM25Index":
+        """Rebuild from saved arrays, after checking them (a bad one names its file under ``where``)."""
+        data, indices, indptr = check_csr(arrays, len(vocab), where or Path("."))
+        tf = sp.csr_matrix((data, indices, indptr), shape=(len(indptr) - 1, len(vocab)))
         return cls(tf, {t: i for i, t in enumerate(vocab)}, config)
+
+
+def check_csr(arrays: dict[str, np.ndarray], n_terms: int, where: Path) -> tuple[np.ndarray, ...]:
+    """(data, indices, indptr) of a term-count CSR matrix, checked so scipy can never read out of bounds.
+
+    indptr: integers from 0, never decreasing, ending at nnz; indices: term ids in [0, n_terms), strictly
+    increasing within a row; data: non-negative finite counts. Anything else raises IndexFormatError.
+    """
+    def bad(name: str, why: str) -> IndexFormatError:
+        return IndexFormatError(f"{where / (name + '.npy')}: {why}; the index folder is damaged")
+
+    data, indices, indptr = (arrays[n] for n in ("tf_data", "tf_indices", "tf_indptr"))
+    for name, arr, kinds in (("tf_data", data, "iuf"), ("tf_indices", indices, "iu"), ("tf_indptr", indptr, "iu")):
+        if arr.ndim != 1 or arr.dtype.kind not in kinds:
+            raise bad(name, f"expected a 1-D {'numeric' if kinds == 'iuf' else 'integer'} array, "
+                            f"found {arr.ndim}-D {arr.dtype}")
+    if len(indptr) == 0 or indptr[0] != 0 or indptr[-1] != len(indices) or (np.diff(indptr.astype(np.int64)) < 0).any():
+        raise bad("tf_indptr", f"row pointers must grow from 0 to the {len(indices)} entries of tf_indices.npy")
+    if len(data) != len(indices):
+        raise bad("tf_data", f"{len(data)} values for {len(indices)} entries in tf_indices.npy")
+    if len(indices) and (indices.min() < 0 or indices.max() >= n_terms):
+        raise bad("tf_indices", f"term ids must lie in [0, {n_terms}) (the size of vocab.json), found "
+                                f"{indices.min()}..{indices.max()}")
+    step = np.diff(indices.astype(np.int64))
+    row_start = np.zeros(len(step), dtype=bool)
+    starts = indptr[1:-1].astype(np.int64)
+    row_start[starts[(starts > 0) & (starts < len(indices))] - 1] = True
+    if (step[~row_start] <= 0).any():
+        raise bad("tf_indices", "term ids must increase within each row")
+    if data.dtype.kind == "f" and data.dtype.itemsize < 4:
+        raise bad("tf_data", f"{data.dtype} counts are not supported; expected int or float32/float64")
+    if len(data) and (not np.isfinite(data).all() or data.min() < 0):
+        raise bad("tf_data", "term counts must be finite and non-negative")
+    index_dtype = np.int32 if max(n_terms, len(indices)) < np.iinfo(np.int32).max else np.int64
+    return data.astype(data.dtype.newbyteorder("=")), indices.astype(index_dtype), indptr.astype(index_dtype)

@@ -1,4 +1,4 @@
-"""The BM25 first stage: tokenizer + sparse index (or rank-bm25 as an exact reference backend)."""
+"""The BM25 first stage: tokenizer + sparse index (or rank-bm25 as an exact reference implementation)."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 
 from retrieval.errors import IndexFormatError, MissingDependency
 from retrieval.persistence import load_arrays, save_arrays
+from retrieval.safe_files import read_str_list
 from retrieval.protocols import RowHits
 from retrieval.sparse.scoring import BM25Config, BM25Index
 from retrieval.sparse.tokenize import Tokenizer, TokenizerConfig
@@ -19,17 +20,15 @@ from retrieval.types import Document
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("native", "rank_bm25")
 
-
-class RankBM25Backend:
+class RankBM25Reference:
     """``rank_bm25.BM25Okapi`` behind our search shape: exact reference scores, slow (pure Python)."""
 
     def __init__(self, token_lists: Sequence[Sequence[str]], config: BM25Config) -> None:
         try:
             from rank_bm25 import BM25Okapi
         except ImportError as exc:
-            raise MissingDependency("backend='rank_bm25' needs rank-bm25: pip install rank-bm25") from exc
+            raise MissingDependency("implementation='rank_bm25' needs rank-bm25: pip install rank-bm25") from exc
         self.model = BM25Okapi([list(t) for t in token_lists], k1=config.k1, b=config.b, epsilon=config.epsilon)
 
     def search(self, token_lists: Sequence[Sequence[str]], k: int) -> list[RowHits]:
@@ -46,36 +45,77 @@ def _tokenize_all(tokenizer: Tokenizer, docs: Sequence[Document], show_progress:
     return [tokenizer(d.full_text) for d in tqdm(docs, desc="Tokenizing", unit="doc", disable=not show_progress)]
 
 
+def tokenizer_config(tokenizer: TokenizerConfig | str) -> TokenizerConfig:
+    """A :class:`TokenizerConfig` from itself or a preset name."""
+    if isinstance(tokenizer, str):
+        return TokenizerConfig.preset(tokenizer)
+    if not isinstance(tokenizer, TokenizerConfig):
+        raise ValueError(f"tokenizer must be a TokenizerConfig or a preset name, got {type(tokenizer).__name__}")
+    return tokenizer
+
+
+def saved_configs(config: dict[str, Any], folder: Path,
+                  allow_custom_pattern: bool = False) -> tuple[BM25Config, TokenizerConfig]:
+    """The BM25 and tokenizer configs a saved stage names (older manifests kept ``backend`` beside them).
+
+    A token pattern none of our presets writes is refused unless the caller opts in: a manifest must not be
+    able to choose a regex that backtracks for ever on every query.
+    """
+    where = _manifest_of(folder)
+    try:
+        bm25 = dict(config["bm25"])
+        if "backend" in config and "implementation" not in bm25:
+            bm25["implementation"] = config["backend"]
+        bm25_config, tok_config = BM25Config.from_dict(bm25), TokenizerConfig.from_dict(config["tokenizer"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IndexFormatError(f"{where}: bad BM25 stage config ({exc!s})") from None
+    if tok_config.custom_pattern and not allow_custom_pattern:
+        raise IndexFormatError(f"{where}: token_pattern {tok_config.token_pattern!r} is not one this library "
+                               "writes; if you built this index with that pattern and trust it, load with "
+                               "allow_custom_pattern=True")
+    return bm25_config, tok_config
+
+
+def _manifest_of(folder: Path) -> Path:
+    """The manifest that describes a stage folder: the nearest ``manifest.json`` at or above it."""
+    for candidate in (folder, *folder.parents):
+        if (candidate / "manifest.json").is_file():
+            return candidate / "manifest.json"
+    return folder / "manifest.json"
+
+
 class BM25Searcher:
-    """BM25 over title + text. ``backend="rank_bm25"`` swaps in rank-bm25 (okapi only) as a reference."""
+    """BM25 over title + text; ``BM25Config(implementation="rank_bm25")`` scores with rank-bm25 as a reference."""
 
     method = "bm25"
 
-    def __init__(self, index: BM25Index, tokenizer: Tokenizer, backend: str = "native", n_jobs: int | None = None):
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown BM25 backend {backend!r}; choose one of {BACKENDS}")
-        if backend == "rank_bm25" and index.config.variant != "okapi":
-            raise ValueError("backend='rank_bm25' implements variant='okapi' only")
+    def __init__(self, index: BM25Index, tokenizer: Tokenizer, n_jobs: int | None = None):
         self.index = index
         self.tokenizer = tokenizer
-        self.backend = backend
         self.n_jobs = n_jobs
-        self._reference: RankBM25Backend | None = None
+        self._reference: RankBM25Reference | None = None
+
+    @property
+    def config(self) -> BM25Config:
+        return self.index.config
 
     @classmethod
-    def build(cls, docs: Sequence[Document], show_progress: bool = True, *,
-              tokenizer: TokenizerConfig | str = "default", variant: str = "lucene", k1: float = 1.5,
-              b: float = 0.75, backend: str = "native", dtype: str = "float32",
-              n_jobs: int | None = None) -> "BM25Searcher":
-        """Tokenize and index ``docs``; ``tokenizer`` is a :class:`TokenizerConfig` or a preset name."""
-        tok_cfg = TokenizerConfig.preset(tokenizer) if isinstance(tokenizer, str) else tokenizer
-        tok = Tokenizer(tok_cfg)
-        config = BM25Config(variant=variant, k1=k1, b=b, dtype=dtype)
-        index = BM25Index.build(_tokenize_all(tok, docs, show_progress), config)
-        logger.info("BM25 index: %d docs, %d terms", index.n_docs, len(index.vocab))
-        return cls(index, tok, backend=backend, n_jobs=n_jobs)
+    def build(cls, docs: Sequence[Document], show_progress: bool = True, *, config: BM25Config | None = None,
+              tokenizer: TokenizerConfig | str = "default", n_jobs: int | None = None,
+              allow_custom_pattern: bool = False) -> "BM25Searcher":
+        """Tokenize and index ``docs``; ``tokenizer`` is a :class:`TokenizerConfig` or a preset name.
 
-    def _reference_backend(self) -> RankBM25Backend:
+        ``allow_custom_pattern=True`` opts in to a ``token_pattern`` of your own (see :class:`Tokenizer`).
+        Flat options (``k1=``, ``variant=``...) are taken by ``Retriever.from_documents``.
+        """
+        if config is not None and not isinstance(config, BM25Config):
+            raise ValueError(f"config must be a BM25Config, got {type(config).__name__}")
+        tok = Tokenizer(tokenizer_config(tokenizer), allow_custom_pattern=allow_custom_pattern)
+        index = BM25Index.build(_tokenize_all(tok, docs, show_progress), config or BM25Config())
+        logger.info("BM25 index: %d docs, %d terms", index.n_docs, len(index.vocab))
+        return cls(index, tok, n_jobs=n_jobs)
+
+    def _reference_scorer(self) -> RankBM25Reference:
         if self._reference is None:
             tf, terms = self.index.tf, self.index.vocab_list()
             token_lists = [
@@ -83,13 +123,13 @@ class BM25Searcher:
                                           tf.data[tf.indptr[r]:tf.indptr[r + 1]]) for _ in range(int(c))]
                 for r in range(tf.shape[0])
             ]
-            self._reference = RankBM25Backend(token_lists, self.index.config)
+            self._reference = RankBM25Reference(token_lists, self.index.config)
         return self._reference
 
     def search(self, queries: Sequence[str], k: int) -> list[RowHits]:
         token_lists = [self.tokenizer(q) for q in queries]
-        if self.backend == "rank_bm25":
-            return self._reference_backend().search(token_lists, k)
+        if self.config.implementation == "rank_bm25":
+            return self._reference_scorer().search(token_lists, k)
         return self.index.search(token_lists, k, n_jobs=self.n_jobs)
 
     def add(self, docs: Sequence[Document]) -> None:
@@ -105,15 +145,22 @@ class BM25Searcher:
         save_arrays(folder, self.index.arrays())
         (folder / "vocab.json").write_text(json.dumps(self.index.vocab_list(), ensure_ascii=False), encoding="utf-8")
         return {"tokenizer": self.tokenizer.config.to_dict(), "bm25": self.index.config.to_dict(),
-                "backend": self.backend, "n_terms": len(self.index.vocab)}
+                "n_terms": len(self.index.vocab)}
 
     @classmethod
-    def load(cls, folder: Path, config: dict[str, Any], n_jobs: int | None = None, **_: Any) -> "BM25Searcher":
-        vocab_path = folder / "vocab.json"
-        if not vocab_path.exists():
-            raise IndexFormatError(f"{vocab_path}: missing")
-        vocab = json.loads(vocab_path.read_text(encoding="utf-8"))
+    def load(cls, folder: Path, config: dict[str, Any], n_jobs: int | None = None,
+             allow_custom_pattern: bool = False, **_: Any) -> "BM25Searcher":
+        """Open a saved stage; every array is checked before scipy sees it (a bad one names its file)."""
+        bm25_config, tok_config = saved_configs(config, folder, allow_custom_pattern)
+        vocab = read_str_list(folder / "vocab.json", "term")
+        n_terms = config.get("n_terms")
+        if n_terms is not None and n_terms != len(vocab):
+            raise IndexFormatError(f"{folder / 'vocab.json'}: {len(vocab)} terms, "
+                                   f"{_manifest_of(folder)} says {n_terms}")
         arrays = load_arrays(folder, ["tf_data", "tf_indices", "tf_indptr"])
-        index = BM25Index.from_arrays(arrays, vocab, BM25Config(**config["bm25"]))
-        tok = Tokenizer(TokenizerConfig.from_dict(config["tokenizer"]))
-        return cls(index, tok, backend=config.get("backend", "native"), n_jobs=n_jobs)
+        index = BM25Index.from_arrays(arrays, vocab, bm25_config, where=folder)
+        tok = Tokenizer(tok_config, allow_custom_pattern=allow_custom_pattern)
+        return cls(index, tok, n_jobs=n_jobs)
+
+    def __len__(self) -> int:
+        return self.index.n_docs
