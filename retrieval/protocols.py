@@ -22,6 +22,7 @@ class Searcher(Protocol):
     """
 
     method: str
+    LOAD_OPTIONS: tuple[str, ...]   # the keywords ``load`` takes after folder and config (checked by Retriever.load)
 
     @classmethod
     def build(cls, docs: Sequence[Document], show_progress: bool = True, **options: Any) -> "Searcher": ...

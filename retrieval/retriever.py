@@ -202,6 +202,7 @@ class Retriever:
         stage = manifest_field(manifest, "stage", dict, where)
         if method not in METHODS:
             raise IndexFormatError(f"{where}: unknown method {method!r}")
+        _check_load_options(method, options)
         check_tree(root)
         table = FileTable(root, manifest_field(manifest, "files", dict, where), where) \
             if manifest["format_version"] >= 2 else None
@@ -214,6 +215,14 @@ class Retriever:
         retriever = cls(searcher, docs, reranker=reranker, rerank_depth=rerank_depth)
         retriever._source = root.resolve()
         return retriever
+
+
+def _check_load_options(method: str, options: dict[str, Any]) -> None:
+    """Options for ``load`` must be ones the saved method's stage takes; a typo is an error, not ignored."""
+    valid = searcher_class(method).LOAD_OPTIONS
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"unknown load option(s) {unknown} for a {method} index; valid: {sorted(valid)}")
 
 
 def _check_stage_rows(searcher: Searcher, docs: DocStore, root: Path) -> None:

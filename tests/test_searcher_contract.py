@@ -257,3 +257,33 @@ def test_tables_cover_each_config_field_once():
     hybrid = set(valid_options("hybrid"))
     assert set(valid_options("bm25")) | set(valid_options("dense")) <= hybrid
     assert hybrid - set(valid_options("bm25")) - set(valid_options("dense")) == set(field_names(FusionConfig))
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_load_options_are_the_load_keywords(method):
+    """``LOAD_OPTIONS`` (what Retriever.load accepts and hybrid routes) is exactly what each ``load`` takes."""
+    import inspect
+
+    from retrieval.retriever import searcher_class
+    cls = searcher_class(method)
+    own = [n for n in inspect.signature(cls.load).parameters if n not in {"folder", "config", "options"}]
+    if method == "hybrid":    # hybrid takes its fusion keywords and passes the rest on to its two stages
+        assert set(own) < set(cls.LOAD_OPTIONS)
+        stages = searcher_class("bm25").LOAD_OPTIONS + searcher_class("dense").LOAD_OPTIONS
+        assert set(cls.LOAD_OPTIONS) == set(own) | set(stages)
+    else:
+        assert tuple(own) == cls.LOAD_OPTIONS
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_load_refuses_an_unknown_option(method, enc, tmp_path):
+    build(method, DOCS[:4], enc).save(tmp_path / "i")
+    with pytest.raises(ValueError, match=f"unknown load option.*'nprob'.*{method} index"):
+        Retriever.load(tmp_path / "i", nprob=4)
+
+
+def test_hybrid_load_routes_options_to_the_right_stage(enc, tmp_path, monkeypatch):
+    build("hybrid", DOCS[:4], enc).save(tmp_path / "i")
+    loaded = Retriever.load(tmp_path / "i", encoder=enc, n_jobs=1, weight=0.3, fusion="linear")
+    assert loaded.searcher.bm25.n_jobs == 1 and loaded.searcher.fusion == "linear"
+    assert loaded.searcher.weight == 0.3 and loaded.searcher.dense.encoder is enc

@@ -207,6 +207,9 @@ class DenseSearcher:
         (folder / "doc_ids.json").write_text(json.dumps(self.doc_ids, ensure_ascii=False), encoding="utf-8")
         return write_manifest(folder, kind="dense", format_version=FORMAT_VERSION, **self.manifest())
 
+    LOAD_OPTIONS = ("model", "encoder", "int8", "bf16", "backend", "batch_size", "device", "show_progress",
+                    "nprobe", "ef_search")   # the keywords of load() after folder and config
+
     @classmethod
     def load(cls, folder: Path, config: dict[str, Any] | None = None, *, model: str | None = None,
              encoder: BiEncoder | None = None, int8: bool | None = None, bf16: bool | None = None,

@@ -8,7 +8,6 @@ nDCG@10; at depth 100 the same fusions give 0.7171 and 0.7282 (fewer candidates,
 """
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,17 +48,11 @@ class FusionConfig(Config):
             raise ValueError(f"depth must be >= 1, got {self.depth}")
 
 
-def _split(options: dict[str, Any], method: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Options named in ``method``'s signature, and the rest (routes ``load`` options to the two stages)."""
-    names = set(inspect.signature(method).parameters) - {"cls", "self", "docs", "folder", "config", "show_progress"}
-    mine = {k: v for k, v in options.items() if k in names}
-    return mine, {k: v for k, v in options.items() if k not in names}
-
-
 class HybridSearcher:
     """BM25 + dense over the same rows, fused as :class:`FusionConfig` says ("rrf" or "linear")."""
 
     method = "hybrid"
+    LOAD_OPTIONS = ("fusion", "weight", "rrf_k", "depth") + BM25Searcher.LOAD_OPTIONS + DenseSearcher.LOAD_OPTIONS
 
     def __init__(self, bm25: BM25Searcher, dense: DenseSearcher, config: FusionConfig | None = None,
                  **fusion: Any) -> None:
@@ -135,7 +128,8 @@ class HybridSearcher:
         if not isinstance(config, dict) or not {"bm25", "dense", "fusion", "weight", "rrf_k", "depth"} <= set(config):
             raise IndexFormatError(f"{where}: the hybrid 'stage' entry must hold bm25, dense, fusion, weight, rrf_k "
                                    "and depth")
-        bm25_opts, dense_opts = _split(options, BM25Searcher.load)
+        bm25_opts = {k: v for k, v in options.items() if k in BM25Searcher.LOAD_OPTIONS}
+        dense_opts = {k: v for k, v in options.items() if k not in bm25_opts}
         bm25 = BM25Searcher.load(folder / "bm25", config["bm25"], **bm25_opts)
         dense = DenseSearcher.load(folder / "dense", config["dense"], **dense_opts)
         if len(bm25) != len(dense):

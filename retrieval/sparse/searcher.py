@@ -147,9 +147,11 @@ class BM25Searcher:
         return {"tokenizer": self.tokenizer.config.to_dict(), "bm25": self.index.config.to_dict(),
                 "n_terms": len(self.index.vocab)}
 
+    LOAD_OPTIONS = ("n_jobs", "allow_custom_pattern")   # the keywords of load() after folder and config
+
     @classmethod
     def load(cls, folder: Path, config: dict[str, Any], n_jobs: int | None = None,
-             allow_custom_pattern: bool = False, **_: Any) -> "BM25Searcher":
+             allow_custom_pattern: bool = False) -> "BM25Searcher":
         """Open a saved stage; every array is checked before scipy sees it (a bad one names its file)."""
         bm25_config, tok_config = saved_configs(config, folder, allow_custom_pattern)
         vocab = read_str_list(folder / "vocab.json", "term")
