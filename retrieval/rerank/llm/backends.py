@@ -25,7 +25,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from retrieval.errors import LLMError, MissingDependency
-from retrieval.models import resolve_model
+from retrieval.models import DEFAULT_LLM, resolve_model
 from retrieval.rerank.llm.prompts import Messages, render_plain
 from retrieval.rerank.llm.replies import choice_scores, logsumexp, model_id, parse_json, reply_text
 from retrieval.rerank.llm.transport import Limits, Retryable, backoff_delay, http_call
@@ -75,7 +75,7 @@ class HFCausalLM:
             tokenizer.pad_token = tokenizer.eos_token
 
     @classmethod
-    def from_pretrained(cls, name: str = "smollm2", *, device: str = "cpu", dtype: str | None = None,
+    def from_pretrained(cls, name: str = DEFAULT_LLM, *, device: str = "cpu", dtype: str | None = None,
                         **options: Any) -> "HFCausalLM":
         """Load an alias (``smollm2``), a folder, a ``.gguf`` file or a hub name; GGUF weights are dequantised."""
         try:
@@ -278,7 +278,7 @@ def _option_names(factory: Any, skip: set[str]) -> set[str]:
     return set(inspect.signature(factory).parameters) - skip - {"self", "options"}
 
 
-def load_backend(model: str = "smollm2", **options: Any) -> LLMBackend:
+def load_backend(model: str = DEFAULT_LLM, **options: Any) -> LLMBackend:
     """An HTTP backend for ``http(s)://...[#model]``, else a local :class:`HFCausalLM`; ``options`` go to it.
 
     An option the chosen backend does not take is a ValueError naming it and listing those it takes.

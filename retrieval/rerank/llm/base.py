@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from retrieval.models import DEFAULT_LLM
 from retrieval.rerank.llm.backends import LLMBackend, load_backend
 from retrieval.rerank.llm.prompts import (RATING_CHOICES, YES_NO_CHOICES, Messages, complete_permutation, listwise_messages,
                       named_indices, rating_messages, sliding_windows, truncate_words, yes_no_messages)
@@ -47,7 +48,7 @@ class _LLMReranker:
         rest = {k: v for k, v in options.items() if k not in own}
         if "show_progress" in mine:
             rest["show_progress"] = mine["show_progress"]
-        return cls(load_backend(model or "smollm2", **rest), **mine)
+        return cls(load_backend(model or DEFAULT_LLM, **rest), **mine)
 
     def _passage(self, hit: Hit) -> str:
         return truncate_words(passage_text(hit), self.max_passage_words)
