@@ -17,10 +17,11 @@ import os
 import re
 import secrets
 import shutil
-import tempfile
+import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -293,24 +294,32 @@ def atomic_dir(path: str | Path, guard: Callable[[Path], None] | None = None) ->
         shutil.rmtree(old, ignore_errors=True)
 
 
-def atomic_write_text(path: str | Path, text: str, prefix: str | None = None) -> None:
-    """Write a text file through a fsynced temp file + rename (then fsync the folder)."""
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "w", prefix: str | None = None) -> Iterator[IO[Any]]:
+    """Open a temp sibling of ``path`` for writing (``"w"`` text, ``"wb"`` binary); on success it is fsynced and
+    renamed over ``path`` (then the folder is fsynced), so readers see the old file or the whole new one.
+    ``prefix`` names the temp file ``PREFIX<8 hex>`` (save journals use it so cleanup knows them as ours)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=prefix or f".{path.name}.", dir=path.parent)
+    name = f"{prefix}{uuid.uuid4().hex[:8]}" if prefix else f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = path.with_name(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        encoding = None if "b" in mode else "utf-8"
+        with open(tmp, mode.replace("w", "x"), encoding=encoding, newline=None if encoding is None else "\n") as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
-# --- manifests and arrays ------------------------------------------------------------------------
+def atomic_write_text(path: str | Path, text: str, prefix: str | None = None) -> None:
+    """Write a whole text file atomically (see :func:`atomic_file`)."""
+    with atomic_file(path, prefix=prefix) as fh:
+        fh.write(text)
+
 
 def write_manifest(folder: Path, kind: str, format_version: int, **fields: Any) -> dict[str, Any]:
     """Write ``manifest.json`` with kind, format version and library version plus ``fields``."""
@@ -365,17 +374,7 @@ def load_arrays(folder: Path, names: list[str]) -> dict[str, np.ndarray]:
 
 
 def atomic_save_array(path: str | Path, array: np.ndarray) -> Path:
-    """Save one ``.npy`` file (never pickled) through a fsynced temp sibling and a rename, so readers see the
-    old file or the whole new one (used for caches, which several processes may write)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{id(array):x}.tmp")
-    try:
-        with tmp.open("wb") as fh:
-            np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Save one ``.npy`` file (never pickled) atomically (used for caches, which several processes may write)."""
+    with atomic_file(path, "wb") as fh:
+        np.save(fh, np.ascontiguousarray(array), allow_pickle=False)
+    return Path(path)

@@ -1,7 +1,7 @@
 """The data types every part of the library speaks: documents in, hits out."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 

@@ -14,15 +14,13 @@ import json
 import logging
 import math
 import numbers
-import os
-import uuid
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from retrieval.data import check_id, iter_lines
 from retrieval.errors import DataError, MissingDependency
+from retrieval.persistence import atomic_file
 from retrieval.types import Qrels, Run
 
 logger = logging.getLogger(__name__)
@@ -144,21 +142,6 @@ def evaluate(qrels: Qrels, run: Run, k_values: Iterable[int] = DEFAULT_K,
     return out
 
 
-@contextmanager
-def _atomic_text(path: Path) -> Iterator[TextIO]:
-    """Write a text file beside ``path`` and rename it over ``path`` only once it is complete."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tmp.open("x", encoding="utf-8", newline="\n") as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def _trec_token(value: Any, what: str, where: str) -> str:
     """An id or tag as written in a TREC file: one non-empty word of valid Unicode, or a DataError naming it."""
     text = str(value)
@@ -186,7 +169,7 @@ def write_trec_run(run: Run, path: str | Path, tag: str = "retrievekit") -> None
     """
     path = Path(path)
     tag = _trec_token(tag, "tag", str(path))
-    with _atomic_text(path) as fh:
+    with atomic_file(path) as fh:
         for qid, docs in run.items():
             where = f"{path}: query {qid!r}"
             q = _trec_token(qid, "query id", str(path))
@@ -238,7 +221,7 @@ def write_json_run(run: Run, path: str | Path) -> None:
     path = Path(path)
     clean = {str(qid): {str(did): score for did, score in _scores(docs, f"{path}: query {qid!r}")}
              for qid, docs in run.items()}
-    with _atomic_text(path) as fh:
+    with atomic_file(path) as fh:
         fh.write(json.dumps(clean))
 
 

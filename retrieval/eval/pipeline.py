@@ -6,7 +6,6 @@ way. A *run* is the ranked result ``{query_id: {doc_id: score}}`` (or a file hol
 """
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -60,12 +59,7 @@ def write_run_file(run: Run, path: str | Path, tag: str = "retrievekit") -> Path
     """Write a run file atomically: TREC format, or JSON when the name ends in ``.json``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")   # keeps the ending, which picks the format
-    try:
-        write_run(run, tmp, tag=tag)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_run(run, path, tag=tag)
     return path
 
 
