@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import random
 import sys
 import time
@@ -27,6 +28,7 @@ from retrieval.eval.metrics import evaluate, write_trec_run  # noqa: E402
 from retrieval.rerank import describe, interpolate_first_stage, load_reranker, parse_option  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
 from retrieval.eval.significance import compare_runs  # noqa: E402
+from retrieval.dense.cpu import cpu_flags  # noqa: E402
 
 METRICS = ("nDCG@10", "Recall@10", "MRR@10")
 
@@ -99,8 +101,11 @@ def main(argv: list[str] | None = None) -> dict:
         "interpolated": {str(w): {m: round(v, 4) for m, v in evaluate(qrels, fused[w], k_values=(10,)).items()
                                   if m in METRICS} for w in args.interpolate},
         "vs_bm25_nDCG@10": significance,
-        # listwise only: how many of the shown ids the model's replies named (the rest kept BM25's order)
+        # LLM rerankers: how the model answered (listwise: ids named; pointwise: mass on the answer tokens;
+        # query likelihood: query tokens and their mean log-prob)
         "reply_stats": reranker.stats.to_dict() if hasattr(reranker, "stats") else None,
+        "cpu_flags": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "amx_int8", "avx512_bf16"}),
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "command": "python benchmarks/rerank.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d"),
     }

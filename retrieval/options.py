@@ -97,7 +97,7 @@ _BM25_PLAIN = (Plain("n_jobs", int, "threads for batched BM25 search (default: a
 
 
 def _encoder(keyword: str) -> Slot:
-    return Slot(keyword, EncoderConfig, whole="encoder", exclude=("show_progress",),
+    return Slot(keyword, EncoderConfig, whole="encoder", exclude=("show_progress", "calibration"),
                 whole_help="a ready BiEncoder, or an EncoderConfig")
 
 

@@ -24,7 +24,7 @@ from retrieval.types import Document
 logger = logging.getLogger(__name__)
 
 QUERY_PROMPT_NAMES = ("query",)
-BACKENDS = ("torch", "onnx")
+BACKENDS = ("torch", "onnx", "openvino")
 DOC_PROMPT_NAMES = ("document", "passage", "doc", "corpus")
 
 
@@ -37,7 +37,8 @@ class EncoderConfig(Config):
         "help": f"bi-encoder: alias ({DEFAULT_EMBEDDER}, bundled), local folder or hub name"})
     int8: bool = field(default=False, metadata={"help": "int8 CPU fast path for encoding"})
     backend: str = field(default="torch", metadata={
-        "help": "encoder runtime: torch, or onnx (ONNX Runtime, CPU; fp32, or int8 with the int8 option)",
+        "help": "encoder runtime: torch, onnx (ONNX Runtime) or openvino (OpenVINO; int8 is static, calibrated); "
+                "onnx and openvino run on CPU, fp32 or int8 with the int8 option",
         "choices": BACKENDS})
     bf16: bool = field(default=False, metadata={
         "help": "bfloat16 autocast for encoding (fast on CPUs with AMX/AVX512-BF16, and on GPUs)"})
@@ -47,6 +48,9 @@ class EncoderConfig(Config):
     batch_size: int = field(default=32, metadata={"help": "texts per encoding batch"})
     device: str | None = field(default=None, metadata={"help": "torch device (cpu, cuda...; default: the best one)"})
     show_progress: bool = field(default=True, metadata={"help": "progress bar while encoding documents"})
+    calibration: str | None = field(default=None, metadata={
+        "help": "backend='openvino', int8: passages to calibrate on (corpus file, BEIR folder or a cached "
+                "sha256: id); default: a sample of the first documents encoded"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.model, str):   # a pathlib.Path is welcome; it is stored as a string
@@ -55,7 +59,7 @@ class EncoderConfig(Config):
             raise ValueError("EncoderConfig.model must name a model")
         for name in ("int8", "bf16", "show_progress"):
             check_type("EncoderConfig", name, getattr(self, name), (bool,))
-        for name in ("query_prefix", "doc_prefix", "device"):
+        for name in ("query_prefix", "doc_prefix", "device", "calibration"):
             check_type("EncoderConfig", name, getattr(self, name), (str,), optional=True)
         check_type("EncoderConfig", "batch_size", self.batch_size, (int,))
         check_type("EncoderConfig", "max_seq_length", self.max_seq_length, (int,), optional=True)
@@ -70,14 +74,17 @@ class EncoderConfig(Config):
             raise ValueError(f"max_seq_length must be >= 1, got {self.max_seq_length}")
         if self.int8 and self.bf16:
             raise ValueError("int8=True and bf16=True are two different fast paths; pick one")
-        if self.bf16 and self.backend == "onnx":
-            raise ValueError("bf16=True runs in torch; use backend='torch' (or int8=True with backend='onnx')")
-        if (self.int8 or self.backend == "onnx") and self.device not in (None, "cpu"):
-            raise ValueError(f"int8=True and backend='onnx' run on CPU only; got device={self.device!r}")
+        if self.bf16 and self.backend != "torch":
+            raise ValueError(f"bf16=True runs in torch; use backend='torch' (or int8=True with "
+                             f"backend={self.backend!r})")
+        if self.cpu_only and self.device not in (None, "cpu"):
+            raise ValueError(f"int8=True and backend={self.backend!r} run on CPU only; got device={self.device!r}")
+        if self.calibration is not None and not (self.int8 and self.backend == "openvino"):
+            raise ValueError("calibration applies to int8=True with backend='openvino' (static int8)")
 
     @property
     def cpu_only(self) -> bool:
-        return self.int8 or self.backend == "onnx"
+        return self.int8 or self.backend != "torch"
 
 
 # The options that decide which vectors come out (all but the progress bar): keys of an encoder cache.
@@ -126,9 +133,11 @@ class BiEncoder:
     """A sentence-transformers model that embeds queries and documents as float32 numpy arrays.
 
     ``encode`` sorts texts by length inside sentence-transformers (one padded length per batch);
-    ``backend="onnx"`` runs a fused ONNX Runtime export of the transformer instead of torch (``onnx_backend.py``;
-    CPU; same vectors in fp32, and one query in ~2.5 ms instead of ~8). ``int8=True`` swaps nn.Linear for
-    dynamically quantised int8 kernels (torch, ``quantize.py``) or quantises the ONNX graph; CPU only.
+    ``backend="onnx"`` runs a fused ONNX Runtime export of the transformer instead of torch (``onnx.py``;
+    CPU; same vectors in fp32, and one query in ~2.5 ms instead of ~8); ``backend="openvino"`` an OpenVINO
+    conversion (``openvino.py``; CPU). ``int8=True`` swaps nn.Linear for dynamically quantised int8 kernels
+    (torch, ``quantize.py``), quantises the ONNX graph dynamically, or the OpenVINO model statically
+    (NNCF, calibrated on in-domain passages: ``calibration``, default the first documents encoded); CPU only.
     ``bf16=True`` runs the fp32 weights under bfloat16 autocast (matrix products in bf16, reductions and
     outputs in fp32): 2.6-3x fp32 on CPUs with AMX/AVX512-BF16 at ~0.99998 cosine, also on GPUs.
     """
@@ -140,6 +149,7 @@ class BiEncoder:
             raise ValueError(f"config must be an EncoderConfig, got {type(config).__name__}")
         self.model = model
         self.onnx: Any = None
+        self.openvino: Any = None
         self.config = config
         self.model_name = config.model
         self.reference, self.source, self.fingerprint = reference or config.model, source, fingerprint
@@ -164,6 +174,11 @@ class BiEncoder:
             from retrieval.dense.onnx import OnnxEncoder, OnnxSettings
 
             self.onnx = OnnxEncoder(self.model, OnnxSettings(quantize=config.int8), cache_dir=cache_dir)
+        elif config.backend == "openvino":
+            from retrieval.dense.openvino import OpenVinoEncoder, OpenVinoSettings
+
+            self.openvino = OpenVinoEncoder(self.model, OpenVinoSettings(quantize=config.int8),
+                                            cache_dir=cache_dir, calibration=config.calibration)
         elif config.int8:
             from retrieval.dense.quantize import quantize_linear_int8
 
@@ -202,11 +217,20 @@ class BiEncoder:
         return {"model": self.reference, "source": self.source, "fingerprint": self.fingerprint, "dim": self.dim,
                 "normalize": self.normalize, "pooling": self.pooling, "query_prefix": self.query_prefix,
                 "doc_prefix": self.doc_prefix, "max_seq_length": self.max_seq_length, "int8": self.config.int8,
-                "backend": self.config.backend, "bf16": self.config.bf16}
+                "backend": self.config.backend, "bf16": self.config.bf16, **self._calibration()}
 
-    def _encode(self, texts: list[str], prefix: str, show_progress: bool) -> np.ndarray:
+    def _calibration(self) -> dict[str, Any]:
+        """``{"calibration": id}`` for int8 OpenVINO (None until calibrated); nothing for other paths."""
+        if self.openvino is None or not self.config.int8:
+            return {}
+        return {"calibration": self.openvino.calibration}
+
+    def _encode(self, texts: list[str], prefix: str, show_progress: bool, documents: bool = False) -> np.ndarray:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if self.openvino is not None:   # an uncalibrated int8 model calibrates on the first documents
+            return self.openvino.encode(texts, prompt=prefix or None, batch_size=self.config.batch_size,
+                                        normalize=self.normalize, show_progress=show_progress, calibrate=documents)
         if self.onnx is not None:
             return self.onnx.encode(texts, prompt=prefix or None, batch_size=self.config.batch_size,
                                     normalize=self.normalize, show_progress=show_progress)
@@ -228,7 +252,8 @@ class BiEncoder:
             raise TypeError("encode_documents takes a list of Documents or strings")
         texts = [d.full_text if isinstance(d, Document) else str(d) for d in docs]
         progress = self.config.show_progress if show_progress is None else show_progress
-        return self._encode(texts, self.doc_prefix, show_progress=progress and len(texts) > self.config.batch_size)
+        return self._encode(texts, self.doc_prefix, show_progress=progress and len(texts) > self.config.batch_size,
+                            documents=True)
 
 
 def load_encoder(model: str | EncoderConfig = DEFAULT_EMBEDDER, *, cache_dir: str | None = None,
@@ -238,7 +263,8 @@ def load_encoder(model: str | EncoderConfig = DEFAULT_EMBEDDER, *, cache_dir: st
     ``model`` is a name or a whole :class:`EncoderConfig`; ``options`` are its other fields (``int8``,
     ``backend``, ``bf16``, ``batch_size``...; unknown names raise ValueError). ``backend="onnx"`` runs the model
     in ONNX Runtime (CPU; export cached in ``cache_dir``, default ``~/.cache/retrievekit/onnx``; needs
-    ``pip install onnxruntime onnx``). ``int8=True`` picks the CPU int8 path of either backend (dynamic
+    ``pip install onnxruntime onnx``), ``backend="openvino"`` in OpenVINO (``~/.cache/retrievekit/openvino``;
+    ``pip install 'retrievekit[openvino]'``). ``int8=True`` picks the CPU int8 path of either backend (dynamic
     nn.Linear in torch, a quantised graph in ONNX Runtime). ``bf16=True`` encodes under bfloat16 autocast.
     """
     config = model if isinstance(model, EncoderConfig) else EncoderConfig(model=model)

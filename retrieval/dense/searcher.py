@@ -237,6 +237,8 @@ class DenseSearcher:
                 settings = dict(int8=use_int8, bf16=use_bf16, backend=use_backend,
                                 max_seq_length=saved["max_seq_length"], query_prefix=saved["query_prefix"],
                                 doc_prefix=saved["doc_prefix"])
+                if use_backend == "openvino" and use_int8 and saved.get("calibration"):
+                    settings["calibration"] = saved["calibration"]   # the int8 model the vectors came from
         except KeyError as exc:
             raise IndexFormatError(f"{where}: 'encoder' misses key {exc}") from None
         if encoder is None:

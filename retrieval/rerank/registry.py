@@ -7,14 +7,18 @@ Spec strings (``KIND[:MODEL]``; only the first ``:`` splits, so URLs and paths p
 * ``llm-yesno[:MODEL]`` — P("Yes") vs P("No") to "Does the passage answer the query?".
 * ``llm-rating[:MODEL]`` — expected 0-5 grade under the digits' next-token probabilities.
 * ``llm-listwise[:MODEL]`` — RankGPT sliding windows (options ``window``, ``step``).
+* ``llm-ql[:MODEL]`` — query likelihood: mean (``reduce="sum"``: sum) log P(query | passage, instruction).
 
 ``MODEL`` for the LLM kinds defaults to ``smollm2`` (bundled SmolLM2-135M-Instruct GGUF); it may be a
 local folder, a ``.gguf`` file, a hub name, or ``http://HOST:PORT/v1#MODEL_NAME`` for any
 OpenAI-compatible server. ``load_reranker`` options: ``depth`` (rerank only the top N given hits) and
 ``show_progress`` for every kind; ``interpolate`` (weight W of the reranker in
-``W * minmax(reranker) + (1 - W) * minmax(first stage)``) for ``cross-encoder``; ``batch_size``,
-``device``, ``max_length`` for local models; ``max_passage_words`` for LLMs; ``window``, ``step``, ``max_tokens`` for listwise; ``timeout``,
-``retries``, ``backoff``, ``api_key``, ``concurrency``, ``top_logprobs``, ``max_reply_bytes``, ``max_redirects`` for HTTP.
+``W * minmax(reranker) + (1 - W) * minmax(first stage)``) for ``cross-encoder`` and every LLM kind;
+``backend`` (``"transformers"``, the default, or ``"llama-cpp"``: the GGUF run natively) for local LLMs;
+``batch_size``, ``device``, ``max_length`` for local transformers models; ``max_length``, ``n_threads``,
+``n_batch`` for llama-cpp; ``max_passage_words`` for LLMs; ``window``, ``step``, ``max_tokens`` for listwise; ``timeout``,
+``retries``, ``backoff``, ``api_key``, ``concurrency``, ``top_logprobs``, ``max_reply_bytes``, ``max_redirects``,
+``completion_template`` (``plain``/``chatml``, for ``llm-ql``'s ``/completions`` prompts), ``check_echo`` for HTTP.
 
 Every reranker returns a permutation of its input: same hits, each once, best first, with ``score``
 set to its own score and the first stage's score kept in ``hit.extra["first_stage_score"]``.
@@ -32,6 +36,7 @@ RERANKERS: dict[str, str] = {
     "llm-yesno": "retrieval.rerank.llm.pointwise:YesNoReranker",
     "llm-rating": "retrieval.rerank.llm.pointwise:RatingReranker",
     "llm-listwise": "retrieval.rerank.llm.listwise:ListwiseReranker",
+    "llm-ql": "retrieval.rerank.llm.query_likelihood:QueryLikelihoodReranker",
 }
 
 

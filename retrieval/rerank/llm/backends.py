@@ -26,8 +26,10 @@ from tqdm.auto import tqdm
 
 from retrieval.errors import LLMError, MissingDependency
 from retrieval.models import DEFAULT_LLM, resolve_model
-from retrieval.rerank.llm.prompts import Messages, render_plain
-from retrieval.rerank.llm.replies import choice_scores, logsumexp, model_id, parse_json, reply_text
+from retrieval.rerank.llm.prompts import Messages, render_chatml, render_plain
+from retrieval.rerank.llm.replies import (choice_scores, logsumexp, model_id, parse_json, prompt_logprobs,
+                                          reply_text)
+from retrieval.rerank.llm.tokens import choice_token_ids, count as _count
 from retrieval.rerank.llm.transport import Limits, Retryable, backoff_delay, http_call
 
 logger = logging.getLogger(__name__)
@@ -40,23 +42,6 @@ class LLMBackend(Protocol):
     def choice_logprobs(self, prompts: Sequence[Messages], choices: Sequence[str]) -> np.ndarray: ...
 
     def complete(self, prompt: Messages, max_tokens: int) -> str: ...
-
-
-def choice_token_ids(tokenizer: Any, choice: str) -> list[int]:
-    """Token ids a model may start its answer with for ``choice``: each single-token spelling among
-    ``Yes``, `` Yes``, ``yes``, `` yes`` (else the first token of ``choice``). Unknown-token ids never count."""
-    unk = getattr(tokenizer, "unk_token_id", None)
-    ids: list[int] = []
-    for variant in dict.fromkeys((choice, " " + choice, choice.lower(), " " + choice.lower())):
-        tokens = tokenizer.encode(variant, add_special_tokens=False)
-        if len(tokens) == 1 and tokens[0] != unk and tokens[0] not in ids:
-            ids.append(tokens[0])
-    if not ids:
-        tokens = tokenizer.encode(choice, add_special_tokens=False)
-        if not tokens or tokens[0] == unk:
-            raise ValueError(f"the tokenizer has no token for choice {choice!r}")
-        ids.append(tokens[0])
-    return ids
 
 
 class HFCausalLM:
@@ -132,6 +117,48 @@ class HFCausalLM:
             out[:, j] = [logsumexp(row[token_ids].tolist()) for row in full]
         return out
 
+    def _pair_ids(self, prompt: Messages, continuation: str) -> tuple[list[int], int]:
+        """Token ids of the rendered prompt then the continuation (tokenized apart, so the boundary is exact),
+        cut from the left to ``max_length``, and the continuation's length."""
+        head = self.tokenizer(self.render(prompt), add_special_tokens=False)["input_ids"]
+        tail = self.tokenizer(continuation, add_special_tokens=False)["input_ids"]
+        if len(tail) + 1 > self.max_length:
+            raise LLMError(f"a continuation of {len(tail)} tokens does not fit max_length={self.max_length}")
+        ids = (head + tail)[-self.max_length:]
+        return ids, len(tail)
+
+    def continuation_logprobs(self, prompts: Sequence[Messages], continuations: Sequence[str]) -> list[np.ndarray]:
+        """Per-token log P(continuation | rendered prompt), one array per prompt, batched (teacher forcing)."""
+        import torch
+
+        if len(prompts) != len(continuations):
+            raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+        pairs = [self._pair_ids(p, c) for p, c in zip(prompts, continuations)]
+        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))
+        out: list[np.ndarray] = [np.zeros(0)] * len(pairs)
+        for start in tqdm(range(0, len(order), self.batch_size), desc="LLM scoring", unit="batch",
+                          disable=not self.show_progress):
+            idx = [i for i in order[start:start + self.batch_size] if pairs[i][1]]
+            if not idx:
+                continue
+            width = max(len(pairs[i][0]) for i in idx)
+            keep = max(pairs[i][1] for i in idx) + 1  # logits of the last `keep` positions cover every continuation
+            ids = torch.full((len(idx), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for row, i in enumerate(idx):  # left padding: every continuation ends at the last column
+                ids[row, width - len(pairs[i][0]):] = torch.tensor(pairs[i][0])
+                mask[row, width - len(pairs[i][0]):] = 1
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
+                                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0).to(self.model.device),
+                                    logits_to_keep=keep).logits
+            logprobs = torch.log_softmax(logits.float(), dim=-1).cpu().numpy()
+            for row, i in enumerate(idx):
+                token_ids, n = pairs[i]
+                rows = np.arange(keep - n - 1, keep - 1)  # the logits before each continuation token
+                out[i] = logprobs[row, rows, token_ids[len(token_ids) - n:]].astype(np.float64)
+        return out
+
     def complete(self, prompt: Messages, max_tokens: int) -> str:
         """Greedy decoding of at most ``max_tokens`` new tokens."""
         import torch
@@ -162,7 +189,8 @@ class OpenAIBackend:
     def __init__(self, base_url: str, model: str | None = None, *, api_key: str | None = None,
                  timeout: float = 60.0, retries: int = 3, backoff: float = 0.5, top_logprobs: int = 20,
                  concurrency: int = 4, floor_margin: float = 1.0, max_reply_bytes: int = 16 * 2**20,
-                 max_redirects: int = 3, show_progress: bool = False) -> None:
+                 max_redirects: int = 3, completion_template: str = "plain", check_echo: bool = True,
+                 show_progress: bool = False) -> None:
         self.base_url = _checked_base_url(base_url)
         if model is not None and (not isinstance(model, str) or not model.strip()):
             raise ValueError(f"model must be a non-empty string or None, got {model!r}")
@@ -178,8 +206,14 @@ class OpenAIBackend:
         self.floor_margin = _positive("floor_margin", floor_margin, allow_zero=True)
         self.max_reply_bytes = _count("max_reply_bytes", max_reply_bytes, minimum=1)
         self.max_redirects = _count("max_redirects", max_redirects, minimum=0)
+        if completion_template not in COMPLETION_TEMPLATES:
+            raise ValueError(f"completion_template must be one of {sorted(COMPLETION_TEMPLATES)}, "
+                             f"got {completion_template!r}")
+        self.completion_template = completion_template
+        self.check_echo = check_echo
         self.show_progress = show_progress
         self._warned_no_logprobs = False
+        self._echo_checked = False
 
     @classmethod
     def from_spec(cls, spec: str, **options: Any) -> "OpenAIBackend":
@@ -242,6 +276,53 @@ class OpenAIBackend:
         return np.array(rows, dtype=np.float64).reshape(len(prompts), len(choices))
 
 
+    def completion_prompt(self, prompt: Messages) -> str:
+        """The text sent to ``/completions``: ChatML, or plain text ending in a new line after "Assistant:"."""
+        if self.completion_template == "chatml":
+            return render_chatml(prompt)
+        return render_plain(prompt) + "\n"
+
+    def _one_continuation(self, prompt: Messages, continuation: str) -> np.ndarray:
+        text = self.completion_prompt(prompt) + continuation
+        reply = self._request("/completions", {"model": self.model, "prompt": text, "max_tokens": 1,
+                                               "temperature": 0, "echo": True, "logprobs": 1})
+        return np.array(prompt_logprobs(reply, f"{self.base_url}/completions", continuation))
+
+    def check_echo_alignment(self) -> float:
+        """Mean log-prob the server gives the predictable end of "1, 2, ..., 40"; LLMError when it is so low
+        that the echoed log-probs must be shifted by one token (llama-cpp-python <= 0.3.36 does this for
+        prompts that do not start with a BOS token; ``completion_template="chatml"`` starts with one for
+        ChatML models such as SmolLM2 and Qwen)."""
+        tail = self._one_continuation(ECHO_PROBE, ", ".join(str(i) for i in range(1, 41)))[-30:]
+        mean = float(np.mean(tail))
+        if mean < ECHO_PROBE_FLOOR:
+            raise LLMError(f"{self.base_url}/completions: echoed prompt log-probs look shifted by one token (mean "
+                           f"{mean:.2f} on a counting sequence, expected > {ECHO_PROBE_FLOOR}); try "
+                           "completion_template='chatml', or check_echo=False to use them anyway")
+        return mean
+
+    def continuation_logprobs(self, prompts: Sequence[Messages], continuations: Sequence[str]) -> list[np.ndarray]:
+        """Per-token log P(continuation | prompt) from ``/completions`` with ``echo=True``, ``concurrency`` at a time.
+
+        Chat endpoints do not echo the prompt, so query likelihood needs a server with ``/completions``."""
+        if len(prompts) != len(continuations):
+            raise ValueError(f"{len(prompts)} prompts but {len(continuations)} continuations")
+        if not prompts:
+            return []
+        self.model
+        if self.check_echo and not self._echo_checked:
+            self.check_echo_alignment()
+            self._echo_checked = True
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            return list(tqdm(pool.map(self._one_continuation, prompts, continuations), total=len(prompts),
+                             desc="LLM scoring", disable=not self.show_progress))
+
+
+COMPLETION_TEMPLATES = frozenset({"plain", "chatml"})
+ECHO_PROBE: Messages = [{"role": "user", "content": "Count from 1 to 40."}]
+ECHO_PROBE_FLOOR = -3.0
+
+
 def _checked_base_url(base_url: Any) -> str:
     """``base_url`` without a trailing slash, once it is an http(s) URL with a host; else ValueError."""
     if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
@@ -267,34 +348,46 @@ def _positive(name: str, value: Any, allow_zero: bool = False) -> float:
     return float(value)
 
 
-def _count(name: str, value: Any, minimum: int) -> int:
-    """``value`` as an int >= ``minimum``; else ValueError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
 def _option_names(factory: Any, skip: set[str]) -> set[str]:
     return set(inspect.signature(factory).parameters) - skip - {"self", "options"}
 
 
-def load_backend(model: str = DEFAULT_LLM, **options: Any) -> LLMBackend:
-    """An HTTP backend for ``http(s)://...[#model]``, else a local :class:`HFCausalLM`; ``options`` go to it.
+LOCAL_BACKENDS = ("transformers", "llama-cpp")
+
+
+def _local_options(backend: str) -> set[str]:
+    """The options a local backend takes (its loader's and its constructor's)."""
+    if backend == "llama-cpp":
+        from retrieval.rerank.llm.llamacpp_backend import LlamaCppLM
+
+        return _option_names(LlamaCppLM.from_pretrained, {"name"}) | _option_names(LlamaCppLM.__init__, {"llm"})
+    return _option_names(HFCausalLM.from_pretrained, {"name"}) | _option_names(HFCausalLM.__init__,
+                                                                              {"model", "tokenizer"})
+
+
+def load_backend(model: str = DEFAULT_LLM, backend: str = "transformers", **options: Any) -> LLMBackend:
+    """An HTTP backend for ``http(s)://...[#model]``, else a local model run by ``backend``: ``"transformers"``
+    (:class:`HFCausalLM`; GGUF weights dequantised) or ``"llama-cpp"`` (the GGUF run natively, see
+    :mod:`~retrieval.rerank.llm.llamacpp_backend`); ``options`` go to it.
 
     An option the chosen backend does not take is a ValueError naming it and listing those it takes.
     """
     if not isinstance(model, str) or not model.strip():
         raise ValueError(f"model must be a non-empty string, got {model!r}")
+    if backend not in LOCAL_BACKENDS:
+        raise ValueError(f"backend must be one of {LOCAL_BACKENDS}, got {backend!r}")
     is_http = model.startswith(("http://", "https://"))
-    if is_http:
-        known = _option_names(OpenAIBackend.__init__, {"base_url", "model"})
-    else:
-        known = _option_names(HFCausalLM.from_pretrained, {"name"}) | _option_names(HFCausalLM.__init__,
-                                                                                    {"model", "tokenizer"})
+    if is_http and backend != "transformers":
+        raise ValueError(f"backend={backend!r} runs a local model; {model!r} is a server URL")
+    known = _option_names(OpenAIBackend.__init__, {"base_url", "model"}) if is_http else _local_options(backend)
     unknown = sorted(set(options) - known)
     if unknown:
-        kind = "HTTP" if is_http else "local"
+        kind = "HTTP" if is_http else f"local ({backend})"
         raise ValueError(f"unknown option(s) {unknown} for the {kind} LLM backend; it takes {sorted(known)}")
     if is_http:
         return OpenAIBackend.from_spec(model, **options)
+    if backend == "llama-cpp":
+        from retrieval.rerank.llm.llamacpp_backend import LlamaCppLM
+
+        return LlamaCppLM.from_pretrained(model, **options)
     return HFCausalLM.from_pretrained(model, **options)

@@ -14,7 +14,7 @@ from retrieval.models import DEFAULT_LLM
 from retrieval.rerank.llm.backends import LLMBackend, load_backend
 from retrieval.rerank.llm.prompts import (RATING_CHOICES, YES_NO_CHOICES, Messages, complete_permutation, listwise_messages,
                       named_indices, rating_messages, sliding_windows, truncate_words, yes_no_messages)
-from retrieval.rerank.base import apply_scores, passage_text
+from retrieval.rerank.base import apply_scores, interpolate_first_stage, passage_text
 from retrieval.types import Hit
 
 logger = logging.getLogger(__name__)
@@ -34,11 +34,14 @@ class _LLMReranker:
     """Shared construction: a backend, a rerank depth, and passage truncation."""
 
     def __init__(self, backend: LLMBackend, depth: int | None = None, max_passage_words: int | None = 100,
-                 show_progress: bool = False) -> None:
+                 show_progress: bool = False, interpolate: float | None = None) -> None:
+        if interpolate is not None and not (isinstance(interpolate, (int, float)) and 0.0 <= interpolate <= 1.0):
+            raise ValueError(f"interpolate weight must be in [0, 1], got {interpolate!r}")
         self.backend = backend
         self.depth = depth
         self.max_passage_words = max_passage_words
         self.show_progress = show_progress
+        self.interpolate = interpolate
 
     @classmethod
     def from_spec(cls, model: str | None, **options: Any) -> "_LLMReranker":
@@ -55,3 +58,14 @@ class _LLMReranker:
 
     def _head(self, hits: list[Hit]) -> list[Hit]:
         return hits if self.depth is None else hits[: self.depth]
+
+    def _apply(self, hits: Sequence[Hit], scores: Sequence[float]) -> list[Hit]:
+        """Scores for the first ``len(scores)`` hits -> the reranked permutation; with ``interpolate=W`` the
+        score is ``W * minmax(LLM) + (1 - W) * minmax(first stage)``, as for the cross-encoder."""
+        if self.interpolate is not None and len(scores):
+            values = np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-np.inf)
+            finite = values[np.isfinite(values)]
+            low = float(finite.min()) - 1.0 if len(finite) else 0.0  # -inf (a zero probability) ranks last, not NaN
+            values = np.clip(np.where(np.isfinite(values), values, low), low, None)
+            scores = interpolate_first_stage(values, hits[: len(values)], self.interpolate)
+        return apply_scores(hits, scores)

@@ -50,8 +50,10 @@ class ListwiseReranker(_LLMReranker):
     """
 
     def __init__(self, backend: LLMBackend, window: int = 20, step: int = 10, max_tokens: int | None = None,
-                 depth: int | None = None, max_passage_words: int | None = 60, show_progress: bool = False) -> None:
-        super().__init__(backend, depth=depth, max_passage_words=max_passage_words, show_progress=show_progress)
+                 depth: int | None = None, max_passage_words: int | None = 60, show_progress: bool = False,
+                 interpolate: float | None = None) -> None:
+        super().__init__(backend, depth=depth, max_passage_words=max_passage_words, show_progress=show_progress,
+                         interpolate=interpolate)
         sliding_windows(1, window, step)  # validates window and step now, not at the first query
         self.window = window
         self.step = step
@@ -86,4 +88,4 @@ class ListwiseReranker(_LLMReranker):
         order = self.order(query, head)
         reordered = [head[i] for i in order] + hits[len(head):]
         scores = [float(len(head) - position) for position in range(len(head))]
-        return apply_scores(reordered, scores)
+        return self._apply(reordered, scores)

@@ -37,16 +37,46 @@ class _PointwiseReranker(_LLMReranker):
     build_messages: Callable[[str, str], Messages]
     from_probabilities: Callable[[np.ndarray], np.ndarray]
 
+    def __init__(self, backend: LLMBackend, depth: int | None = None, max_passage_words: int | None = 100,
+                 show_progress: bool = False, interpolate: float | None = None) -> None:
+        super().__init__(backend, depth=depth, max_passage_words=max_passage_words, show_progress=show_progress,
+                         interpolate=interpolate)
+        self.stats = PointwiseStats(self.choices)
+
     def score(self, query: str, hits: Sequence[Hit]) -> np.ndarray:
         """One score per hit, higher is more relevant."""
         if not hits:
             return np.zeros(0)
         prompts = [self.build_messages(query, self._passage(h)) for h in hits]
-        logprobs = self.backend.choice_logprobs(prompts, self.choices)
-        return self.from_probabilities(_softmax(np.asarray(logprobs, dtype=np.float64)))
+        logprobs = np.asarray(self.backend.choice_logprobs(prompts, self.choices), dtype=np.float64)
+        self.stats.add(logprobs)
+        return self.from_probabilities(_softmax(logprobs))
 
     def rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
-        return apply_scores(hits, self.score(query, self._head(hits)))
+        return self._apply(hits, self.score(query, self._head(hits)))
+
+
+class PointwiseStats:
+    """How the model answered, summed over every passage scored so far: how much of its next-token probability
+    went to the answer tokens at all (a model that does not follow the format puts little there), and which
+    answer it preferred."""
+
+    def __init__(self, choices: Sequence[str]) -> None:
+        self.choices = tuple(choices)
+        self.passages = 0
+        self.choice_mass_sum = 0.0
+        self.preferred = dict.fromkeys(self.choices, 0)
+
+    def add(self, logprobs: np.ndarray) -> None:
+        clean = np.where(np.isnan(logprobs), -np.inf, np.minimum(logprobs, 0.0))
+        self.passages += len(clean)
+        self.choice_mass_sum += float(np.exp(clean).sum(axis=1).clip(max=1.0).sum())
+        for j in clean.argmax(axis=1) if len(clean) else []:
+            self.preferred[self.choices[int(j)]] += 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passages": self.passages, "preferred": dict(self.preferred),
+                "mean_choice_mass": self.choice_mass_sum / self.passages if self.passages else None}
 
 
 def _yes_probability(probs: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ YES_NO_CHOICES = ("Yes", "No")
 RATING_CHOICES = ("0", "1", "2", "3", "4", "5")
 
 JUDGE_SYSTEM = "You are a search relevance judge. You answer with one word, without explanation."
+QL_SYSTEM = "You write the search question a passage answers."
 RANKGPT_SYSTEM = ("You are RankGPT, an intelligent assistant that can rank passages based on their "
                   "relevancy to the query.")
 
@@ -54,6 +55,18 @@ def listwise_messages(query: str, passages: Sequence[str]) -> Messages:
             "descending order of relevance using their identifiers, the most relevant first. The output "
             "format should be [] > [], e.g., [2] > [1]. Only respond with the ranking, do not explain.")
     return [{"role": "system", "content": RANKGPT_SYSTEM}, {"role": "user", "content": user}]
+
+
+def query_likelihood_messages(passage: str) -> Messages:
+    """UPR's instruction (Sachan et al. 2022): the score is log P(query | passage, instruction), query as the reply."""
+    user = f"Passage: {passage}\n\nPlease write a question based on this passage."
+    return [{"role": "system", "content": QL_SYSTEM}, {"role": "user", "content": user}]
+
+
+def render_chatml(messages: Messages) -> str:
+    """ChatML (``<|im_start|>role ... <|im_end|>``, as Qwen and SmolLM2 use), ending with the assistant cue."""
+    parts = [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
+    return "".join(parts) + "<|im_start|>assistant\n"
 
 
 def render_plain(messages: Messages) -> str:

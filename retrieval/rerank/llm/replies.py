@@ -183,3 +183,62 @@ def model_id(listing: Any, url: str) -> str:
     if not isinstance(name, str) or not name.strip():
         raise LLMError(f"{url}: no model listed; name one as URL#MODEL (got {_show(listing)})")
     return name
+
+
+
+def _echoed_tokens(choice: dict[str, Any], url: str) -> tuple[list[str], list[Any]]:
+    """``(tokens, token_logprobs)`` of a completions reply's ``logprobs``, checked to be parallel arrays."""
+    if choice.get("logprobs") is None:
+        raise LLMError(f"{url}: reply has no choices[0].logprobs; the server must support echo=True with logprobs")
+    logprobs = _object(choice["logprobs"], "choices[0].logprobs", url)
+    tokens, values = logprobs.get("tokens"), logprobs.get("token_logprobs")
+    for name, value in (("tokens", tokens), ("token_logprobs", values)):
+        if not isinstance(value, list):
+            raise LLMError(f"{url}: choices[0].logprobs.{name} is a JSON {_kind(value)}, not an array")
+    if len(tokens) != len(values):
+        raise LLMError(f"{url}: choices[0].logprobs has {len(tokens)} tokens but {len(values)} token_logprobs")
+    for i, token in enumerate(tokens):
+        if not isinstance(token, str):
+            raise LLMError(f"{url}: choices[0].logprobs.tokens[{i}] is a JSON {_kind(token)}, not a string")
+    return tokens, values
+
+
+def _suffix_start(tokens: Sequence[str], end: int, text: str) -> int | None:
+    """The first index of the shortest run ``tokens[b:end]`` whose joined text ends with ``text``, else None."""
+    joined, start = "", end
+    while start > 0 and len(joined) < len(text):
+        start -= 1
+        joined = tokens[start] + joined
+    return start if len(joined) >= len(text) and joined.endswith(text) else None
+
+
+def prompt_logprobs(reply: Any, url: str, continuation: str, max_generated: int = 1) -> list[float]:
+    """Log-probs of the echoed prompt tokens that spell ``continuation``, the end of the prompt.
+
+    Reads the completions shape ``choices[0].logprobs = {tokens, token_logprobs}`` that servers return for
+    ``echo=True, logprobs=N``. The tokens are found by their text, from the end: character offsets are not
+    used because servers disagree on them (llama-cpp-python counts without special tokens). The reply may end
+    with up to ``max_generated`` generated tokens (some servers list them, some do not); trailing empty
+    tokens (an end-of-text) never count. A token of the continuation with a ``null`` log-prob, or a reply
+    whose tokens do not end with the continuation (the server did not echo), is an LLMError.
+    """
+    if not continuation:
+        raise ValueError("continuation must be non-empty")
+    tokens, values = _echoed_tokens(first_choice(reply, url), url)
+    end = len(tokens)
+    while end > 0 and tokens[end - 1] == "":
+        end -= 1
+    for stop in range(end, max(end - max_generated, 0) - 1, -1):
+        start = _suffix_start(tokens, stop, continuation)
+        if start is not None:
+            break
+    else:
+        raise LLMError(f"{url}: the echoed tokens do not end with the scored text {_show(continuation)}; the "
+                       "server must echo the prompt (echo=True) with its log-probs")
+    out = []
+    for i in range(start, stop):
+        field = f"choices[0].logprobs.token_logprobs[{i}]"
+        if values[i] is None:
+            raise LLMError(f"{url}: {field} is null for a token of the scored text")
+        out.append(logprob_value(values[i], field, url))
+    return out

@@ -1,0 +1,166 @@
+"""The bundled GGUF LLM through transformers (dequantised to fp32) and through llama.cpp, in the same run.
+
+    python benchmarks/llm_runtime.py --threads 1 --queries 4 --passages 10
+
+Real SciFact prompts: for a few queries, BM25's top passages as yes/no prompts (every passage of a query shares
+the system prompt and the query, as in reranking) and as query-likelihood prompts. Per runtime, best of
+``--repeats`` passes, runtimes alternating so machine load hits both alike:
+
+* prompt tokens/s = all prompt tokens (as tokenized) / seconds of ``choice_logprobs`` (yes/no) and
+  ``continuation_logprobs`` (query likelihood); llama.cpp also reports the tokens its KV cache spared;
+* generation tokens/s = (generated tokens - 1) / (seconds of a ``--gen-tokens`` greedy reply - seconds of a
+  1-token reply) over the same prompt;
+* agreement: yes/no scores P(Yes)/(P(Yes)+P(No)) of the two runtimes (max |diff|, same order per query).
+
+Prints a table and writes ``benchmarks/out/llm_runtime.json`` with the CPU flags and the load average.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from retrieval.data import load_beir  # noqa: E402
+from retrieval.datasets import data_dir  # noqa: E402
+from retrieval.dense.cpu import cpu_flags  # noqa: E402
+from retrieval.models import DEFAULT_LLM  # noqa: E402
+from retrieval.rerank.base import passage_text  # noqa: E402
+from retrieval.rerank.llm.backends import load_backend  # noqa: E402
+from retrieval.rerank.llm.base import _softmax  # noqa: E402
+from retrieval.rerank.llm.prompts import (YES_NO_CHOICES, query_likelihood_messages, truncate_words,  # noqa: E402
+                                          yes_no_messages)
+from retrieval.retriever import Retriever  # noqa: E402
+
+FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8")
+GEN_PROMPT = [{"role": "user", "content": "Write a long story about a cat who learns to sail across the sea."}]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=str(data_dir(default=REPO.parent / "shared" / "data")))
+    parser.add_argument("--model", default=DEFAULT_LLM)
+    parser.add_argument("--queries", type=int, default=4)
+    parser.add_argument("--passages", type=int, default=10, help="BM25 passages per query")
+    parser.add_argument("--passage-words", type=int, default=60)
+    parser.add_argument("--gen-tokens", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "llm_runtime.json"))
+    return parser.parse_args(argv)
+
+
+def scifact_prompts(args: argparse.Namespace) -> tuple[list[str], list[list[str]]]:
+    """Queries and, per query, BM25's top passages (truncated) from SciFact test."""
+    dataset = load_beir(Path(args.data) / "beir" / "scifact", "test")
+    qids = sorted(dataset.queries)
+    random.Random(0).shuffle(qids)
+    queries = [dataset.queries[q] for q in qids[: args.queries]]
+    retriever = Retriever.from_documents(dataset.corpus_path, method="bm25", show_progress=False)
+    hits = retriever.retrieve_batch(queries, k=args.passages)
+    return queries, [[truncate_words(passage_text(h), args.passage_words) for h in row] for row in hits]
+
+
+def timed(fn, *a):
+    tic = time.perf_counter()
+    out = fn(*a)
+    return out, time.perf_counter() - tic
+
+
+def measure(backend, queries, passages, args, counts) -> dict:
+    """One pass of every measurement for one runtime."""
+    yes_no = [yes_no_messages(q, p) for q, ps in zip(queries, passages) for p in ps]
+    ql = [query_likelihood_messages(p) for ps in passages for p in ps]
+    ql_targets = [q for q, ps in zip(queries, passages) for _ in ps]
+    reuse_before = getattr(backend, "tokens_reused", 0)
+    logprobs, yes_no_s = timed(backend.choice_logprobs, yes_no, YES_NO_CHOICES)
+    reused = getattr(backend, "tokens_reused", 0) - reuse_before
+    _, ql_s = timed(backend.continuation_logprobs, ql, ql_targets)
+    _, one_s = timed(backend.complete, GEN_PROMPT, 1)
+    text, gen_s = timed(backend.complete, GEN_PROMPT, args.gen_tokens)
+    generated = counts["generated"](text)
+    return {"yes_no_s": yes_no_s, "ql_s": ql_s, "yes_no_prompt_tokens_per_s": counts["yes_no"] / yes_no_s,
+            "ql_prompt_tokens_per_s": counts["ql"] / ql_s, "yes_no_tokens_reused": reused,
+            "generated_tokens": generated, "generation_tokens_per_s": (generated - 1) / max(gen_s - one_s, 1e-9),
+            "scores": _softmax(np.asarray(logprobs))[:, 0].tolist()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    queries, passages = scifact_prompts(args)
+    backends, load_s = {}, {}
+    for name, options in (("transformers", {"batch_size": args.passages}),
+                          ("llama-cpp", {"n_threads": args.threads})):
+        backends[name], load_s[name] = timed(lambda: load_backend(args.model, backend=name, **options))
+    hf = backends["transformers"]
+    tokens = lambda m: len(hf.tokenizer(hf.render(m), add_special_tokens=False)["input_ids"])  # noqa: E731
+    counts = {"yes_no": sum(tokens(yes_no_messages(q, p)) for q, ps in zip(queries, passages) for p in ps),
+              "ql": sum(tokens(query_likelihood_messages(p)) + len(hf.tokenizer(q, add_special_tokens=False)["input_ids"])
+                        for q, ps in zip(queries, passages) for p in ps),
+              "generated": lambda text: len(hf.tokenizer(text, add_special_tokens=False)["input_ids"])}
+    runs: dict[str, list[dict]] = {name: [] for name in backends}
+    for _ in range(args.repeats):
+        for name, backend in backends.items():
+            if hasattr(backend, "_cached"):
+                backend._cached = []  # each pass starts cold: reuse only within the pass, as in reranking
+                backend.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+            runs[name].append(measure(backend, queries, passages, args, counts))
+    result = summarise(args, runs, load_s, counts, queries, passages)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    print_table(result)
+    return result
+
+
+def best(rows: list[dict], key: str) -> float:
+    return max(r[key] for r in rows)
+
+
+def summarise(args, runs, load_s, counts, queries, passages) -> dict:
+    hf_scores = np.array(runs["transformers"][-1]["scores"])
+    cpp_scores = np.array(runs["llama-cpp"][-1]["scores"])
+    n = args.passages
+    same_order = [bool(np.array_equal(np.argsort(-hf_scores[i:i + n], kind="stable"),
+                                      np.argsort(-cpp_scores[i:i + n], kind="stable")))
+                  for i in range(0, len(hf_scores), n)]
+    keys = ("yes_no_prompt_tokens_per_s", "ql_prompt_tokens_per_s", "generation_tokens_per_s")
+    table = {name: {k: round(best(rows, k), 1) for k in keys} | {"load_s": round(load_s[name], 2)}
+             for name, rows in runs.items()}
+    table["llama-cpp"]["yes_no_tokens_reused"] = runs["llama-cpp"][-1]["yes_no_tokens_reused"]
+    return {
+        "model": args.model, "threads": args.threads, "queries": len(queries), "passages_per_query": args.passages,
+        "passage_words": args.passage_words, "prompt_tokens": {"yes_no": counts["yes_no"], "ql": counts["ql"]},
+        "runtimes": table,
+        "speedup_llama_cpp": {k: round(table["llama-cpp"][k] / table["transformers"][k], 2) for k in keys},
+        "yes_no_agreement": {"max_abs_diff": float(np.max(np.abs(hf_scores - cpp_scores))),
+                             "queries_same_order": sum(same_order), "of_queries": len(same_order)},
+        "passes": runs, "cpu_flags": sorted(set(FLAGS) & cpu_flags()), "cpu": platform.processor() or platform.machine(),
+        "load_average": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python benchmarks/llm_runtime.py " + " ".join(sys.argv[1:]),
+    }
+
+
+def print_table(result: dict) -> None:
+    print(f"{'runtime':<14}{'yes/no prompt tok/s':>22}{'QL prompt tok/s':>18}{'generation tok/s':>18}{'load s':>8}")
+    for name, row in result["runtimes"].items():
+        print(f"{name:<14}{row['yes_no_prompt_tokens_per_s']:>22}{row['ql_prompt_tokens_per_s']:>18}"
+              f"{row['generation_tokens_per_s']:>18}{row['load_s']:>8}")
+    print(f"llama.cpp / transformers: {result['speedup_llama_cpp']}")
+    print(f"yes/no agreement: {result['yes_no_agreement']}; CPU flags {result['cpu_flags']}; "
+          f"load average {result['load_average']}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""The query-likelihood LLM reranker: score = log P(query | passage, instruction), read in one forward pass.
+
+UPR (Sachan et al., "Improving Passage Retrieval with Zero-Shot Question Generation", 2022) and Zhuang et al.
+("Open-source Large Language Models are Strong Zero-shot Query Likelihood Models for Document Ranking",
+2023): the model reads the passage and an instruction to write a question, and the score is how likely the
+actual query is as that question, token by token (teacher forcing). Nothing is generated, so the answer
+format a small model may not follow never matters, and every passage is one forward pass.
+
+Usage::
+
+    from retrieval import load_reranker
+    reranker = load_reranker("llm-ql:smollm2", backend="llama-cpp", depth=20, interpolate=0.5)
+
+Backends: both local ones, and HTTP servers whose ``/completions`` echo the prompt with log-probs
+(``echo=True, logprobs=1``: vLLM, llama-cpp-python's server); chat endpoints do not echo.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from retrieval.rerank.llm.backends import LLMBackend
+from retrieval.rerank.llm.base import _LLMReranker
+from retrieval.rerank.llm.prompts import query_likelihood_messages
+from retrieval.types import Hit
+
+REDUCTIONS = ("mean", "sum")
+
+
+class QueryLikelihoodStats:
+    """Summed over every passage scored so far: query tokens and their log-probs."""
+
+    def __init__(self) -> None:
+        self.passages = 0
+        self.tokens = 0
+        self.logprob_sum = 0.0
+
+    def add(self, rows: Sequence[np.ndarray]) -> None:
+        self.passages += len(rows)
+        self.tokens += sum(len(r) for r in rows)
+        self.logprob_sum += float(sum(np.sum(r) for r in rows))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"passages": self.passages,
+                "mean_query_tokens": self.tokens / self.passages if self.passages else None,
+                "mean_token_logprob": self.logprob_sum / self.tokens if self.tokens else None}
+
+
+class QueryLikelihoodReranker(_LLMReranker):
+    """Score = mean (``reduce="mean"``) or sum of log P(query token | passage, instruction, earlier query tokens).
+
+    For one query every passage scores the same tokens, so the two reductions rank alike; they differ
+    only in scale (which ``interpolate`` min-max normalises away). ``sum`` is the full log-likelihood.
+    """
+
+    def __init__(self, backend: LLMBackend, reduce: str = "mean", depth: int | None = None,
+                 max_passage_words: int | None = 100, show_progress: bool = False,
+                 interpolate: float | None = None) -> None:
+        if reduce not in REDUCTIONS:
+            raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
+        if not callable(getattr(backend, "continuation_logprobs", None)):
+            raise ValueError(f"{type(backend).__name__} cannot score a continuation (no continuation_logprobs)")
+        super().__init__(backend, depth=depth, max_passage_words=max_passage_words, show_progress=show_progress,
+                         interpolate=interpolate)
+        self.reduce = reduce
+        self.stats = QueryLikelihoodStats()
+
+    def score(self, query: str, hits: Sequence[Hit]) -> np.ndarray:
+        """One score per hit: the reduced log-likelihood of ``query`` (0.0 for an empty query)."""
+        if not hits:
+            return np.zeros(0)
+        prompts = [query_likelihood_messages(self._passage(h)) for h in hits]
+        rows = [np.asarray(r, dtype=np.float64) for r in
+                self.backend.continuation_logprobs(prompts, [query.strip()] * len(hits))]
+        if len(rows) != len(hits):
+            raise ValueError(f"the backend returned {len(rows)} log-prob rows for {len(hits)} passages")
+        self.stats.add(rows)
+        reduce = np.mean if self.reduce == "mean" else np.sum
+        return np.array([float(reduce(r)) if len(r) else 0.0 for r in rows])
+
+    def rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
+        return self._apply(hits, self.score(query, self._head(hits)))
