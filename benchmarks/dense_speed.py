@@ -56,7 +56,7 @@ def main() -> None:
         docs.append(d)
         if len(docs) == args.docs:
             break
-    texts = [d.full_text for d in docs]
+    [d.full_text for d in docs]
     plain = SentenceTransformer(resolve_model(args.model).path, device="cpu")
     ours = load_encoder(args.model, batch_size=args.batch_size, show_progress=False, device="cpu")
     int8 = load_encoder(args.model, int8=True, batch_size=args.batch_size, show_progress=False)

@@ -54,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--passage-words", type=int, default=60)
     parser.add_argument("--gen-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--convert", default="f16", help="llama-cpp: run the GGUF re-typed to f16 or q8_0 (\"none\": as shipped)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "llm_runtime.json"))
     return parser.parse_args(argv)
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     queries, passages = scifact_prompts(args)
     backends, load_s = {}, {}
     for name, options in (("transformers", {"batch_size": args.passages}),
-                          ("llama-cpp", {"n_threads": args.threads})):
+                          ("llama-cpp", {"n_threads": args.threads, "convert": None if args.convert == "none" else args.convert})):
         backends[name], load_s[name] = timed(lambda: load_backend(args.model, backend=name, **options))
     hf = backends["transformers"]
     tokens = lambda m: len(hf.tokenizer(hf.render(m), add_special_tokens=False)["input_ids"])  # noqa: E731
@@ -140,7 +141,7 @@ def summarise(args, runs, load_s, counts, queries, passages) -> dict:
              for name, rows in runs.items()}
     table["llama-cpp"]["yes_no_tokens_reused"] = runs["llama-cpp"][-1]["yes_no_tokens_reused"]
     return {
-        "model": args.model, "threads": args.threads, "queries": len(queries), "passages_per_query": args.passages,
+        "model": args.model, "convert": args.convert, "threads": args.threads, "queries": len(queries), "passages_per_query": args.passages,
         "passage_words": args.passage_words, "prompt_tokens": {"yes_no": counts["yes_no"], "ql": counts["ql"]},
         "runtimes": table,
         "speedup_llama_cpp": {k: round(table["llama-cpp"][k] / table["transformers"][k], 2) for k in keys},

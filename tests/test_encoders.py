@@ -1,8 +1,6 @@
 """Bi-encoder loading and encoding, on a tiny random BERT (offline) and a few checks on the bundled MiniLM."""
 from __future__ import annotations
 
-import inspect
-import string
 from pathlib import Path
 
 import numpy as np
@@ -11,15 +9,10 @@ import pytest
 torch = pytest.importorskip("torch")
 st = pytest.importorskip("sentence_transformers")
 
-try:  # sentence-transformers >= 6
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling, Transformer
-except ImportError:  # older releases
-    from sentence_transformers.models import Normalize, Pooling, Transformer
-
 from retrieval.dense.encoders import BiEncoder, load_encoder  # noqa: E402
 from retrieval.types import Document  # noqa: E402
 
-from helpers.tiny_encoder import WORDS, make_tiny_model  # noqa: E402
+from helpers.tiny_encoder import make_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -3,17 +3,14 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from retrieval.models import DEFAULT_LLM
 from retrieval.rerank.llm.backends import LLMBackend, load_backend
-from retrieval.rerank.llm.prompts import (RATING_CHOICES, YES_NO_CHOICES, Messages, complete_permutation, listwise_messages,
-                      named_indices, rating_messages, sliding_windows, truncate_words, yes_no_messages)
+from retrieval.rerank.llm.prompts import truncate_words
 from retrieval.rerank.base import apply_scores, interpolate_first_stage, passage_text
 from retrieval.types import Hit
 

@@ -7,19 +7,16 @@ Usage::
 """
 from __future__ import annotations
 
-import inspect
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
-from retrieval.rerank.llm.backends import LLMBackend, load_backend
-from retrieval.rerank.llm.prompts import (RATING_CHOICES, YES_NO_CHOICES, Messages, complete_permutation, listwise_messages,
-                      named_indices, rating_messages, sliding_windows, truncate_words, yes_no_messages)
-from retrieval.rerank.base import apply_scores, passage_text
+from retrieval.rerank.llm.backends import LLMBackend
+from retrieval.rerank.llm.prompts import (complete_permutation, listwise_messages,
+                      named_indices, sliding_windows)
 from retrieval.types import Hit
 
 logger = logging.getLogger(__name__)

@@ -30,22 +30,29 @@ REDUCTIONS = ("mean", "sum")
 
 
 class QueryLikelihoodStats:
-    """Summed over every passage scored so far: query tokens and their log-probs."""
+    """Summed over every passage scored so far: query tokens and their log-probs (the mean over finite ones;
+    a backend that returns NaN or infinite log-probs shows up in ``nonfinite``)."""
 
     def __init__(self) -> None:
         self.passages = 0
         self.tokens = 0
+        self.nonfinite = 0
         self.logprob_sum = 0.0
 
     def add(self, rows: Sequence[np.ndarray]) -> None:
         self.passages += len(rows)
-        self.tokens += sum(len(r) for r in rows)
-        self.logprob_sum += float(sum(np.sum(r) for r in rows))
+        for row in rows:
+            finite = np.isfinite(row)
+            self.tokens += len(row)
+            self.nonfinite += int((~finite).sum())
+            self.logprob_sum += float(row[finite].sum())
 
     def to_dict(self) -> dict[str, Any]:
         return {"passages": self.passages,
                 "mean_query_tokens": self.tokens / self.passages if self.passages else None,
-                "mean_token_logprob": self.logprob_sum / self.tokens if self.tokens else None}
+                "mean_token_logprob": (self.logprob_sum / (self.tokens - self.nonfinite)
+                                       if self.tokens > self.nonfinite else None),
+                "nonfinite": self.nonfinite}
 
 
 class QueryLikelihoodReranker(_LLMReranker):

