@@ -2,10 +2,10 @@
 
     python benchmarks/dense_quality.py [--data ../shared/data] [--model minilm]
 
-Corpus embeddings are cached in ``benchmarks/out/scifact_<model>_{fp32,int8,onnx,int8-onnx,bf16}.npy`` (keyed by a hash of
+Corpus embeddings are cached in ``benchmarks/out/scifact_<model>_{fp32,int8,onnx,int8-onnx,bf16,...}.npy`` (keyed by a hash of
 the corpus, model and settings in a JSON side file), so re-runs and ``dense_speed.py`` never re-encode.
 Reports nDCG@10 / Recall@100 for BM25, dense Flat / HNSW / IVF-PQ, the fast paths (torch int8, ONNX fp32,
-ONNX int8, bf16; Flat, queries and corpus encoded by the fast path), hybrid RRF and
+ONNX int8, bf16, OpenVINO fp32 and static int8; Flat, queries and corpus encoded by the fast path), hybrid RRF and
 hybrid linear (each stage 1000 deep, then fused); recall@10 of HNSW / IVF-PQ against Flat; and one-query ``retrieve`` p50/p99 per method.
 """
 from __future__ import annotations
@@ -94,7 +94,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--latency-queries", type=int, default=100)
     ap.add_argument("--fast-paths", default="int8,onnx,int8-onnx,bf16",
-                    help="comma-separated fast paths to measure ('' for none): int8, onnx, int8-onnx, bf16")
+                    help="comma-separated fast paths to measure ('' for none): int8, onnx, int8-onnx, bf16, "
+                         "openvino, int8-openvino (static int8, calibrated on 300 corpus passages)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -145,7 +146,10 @@ def main() -> None:
     (out / "dense_quality.json").write_text(json.dumps(result, indent=2))
 
     fast_paths = {"int8": {"int8": True}, "onnx": {"backend": "onnx"}, "int8-onnx": {"int8": True, "backend": "onnx"},
+                  "openvino": {"backend": "openvino"}, "int8-openvino": {"int8": True, "backend": "openvino"},
                   "bf16": {"bf16": True}}
+    # calibrated up front on 300 passages spread over the corpus, so cached corpus vectors and queries agree
+    fast_paths["int8-openvino"]["calibration"] = str(Path(args.data) / "beir" / "scifact")
     for name in [p for p in args.fast_paths.split(",") if p]:
         if name not in fast_paths:
             raise SystemExit(f"--fast-paths: unknown {name!r}; choose from {sorted(fast_paths)}")

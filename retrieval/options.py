@@ -93,7 +93,9 @@ _TOKENIZER = Slot("tokenizer", TokenizerConfig, whole="tokenizer", from_string=T
 _INDEX = Slot("index", IndexConfig, whole="index", from_string=lambda name: IndexConfig(name=name),
               whole_help=IndexConfig.__dataclass_fields__["name"].metadata["help"], exclude=("name", "factory"))
 _BM25_PLAIN = (Plain("n_jobs", int, "threads for batched BM25 search (default: all cores)"),
-               Plain("allow_custom_pattern", bool, "accept a token_pattern other than the presets' own"))
+               Plain("allow_custom_pattern", bool, "accept a token_pattern other than the presets' own"),
+               Plain("index_workers", int, "processes that tokenize documents at build time (default: every core "
+                                           "from 20,000 documents, else 1); the index is the same either way"))
 
 
 def _encoder(keyword: str) -> Slot:

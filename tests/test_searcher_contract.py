@@ -133,6 +133,8 @@ def flat_options(method: str, tiny, values: dict) -> dict:
         options.update(model=str(tiny), index="hnsw")
     if "n_jobs" in names:   # the custom token_pattern needs the opt-in, so that is checked too
         options.update(n_jobs=1, allow_custom_pattern=True)
+    if "index_workers" in names:
+        options.update(index_workers=2)
     return options
 
 
@@ -172,8 +174,17 @@ def test_every_flat_option_reaches_its_stage(method, tiny, enc, tmp_path, monkey
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("RETRIEVEKIT_CACHE", str(tmp_path / "cache"))
     options = flat_options(method, tiny, FIELD_VALUES)
+    import retrieval.sparse.searcher as sparse_searcher
+
+    workers_seen: list = []
+    real_count = sparse_searcher.count_texts
+    monkeypatch.setattr(sparse_searcher, "count_texts",
+                        lambda *a, **kw: workers_seen.append(kw.get("workers")) or real_count(*a, **kw))
     searcher = Retriever.from_documents(DOCS, method=method, show_progress=False, **options).searcher
     checked = check_routed(method, searcher, options) | whole_values_routed(method, enc)
+    if "index_workers" in options:   # a build-time choice: it reaches the tokenizer pool, not a stored config
+        assert workers_seen[0] == options["index_workers"]
+        checked.add("index_workers")
     if method != "bm25":   # int8 and bf16 exclude each other: a second build sets bf16
         bf16 = {**options, **BF16_VALUES}
         bf16_searcher = Retriever.from_documents(DOCS, method=method, show_progress=False, **bf16).searcher
@@ -203,7 +214,8 @@ def test_every_cli_flag_maps_to_a_flat_option(method):
     expected = {}
     for name in names:
         value = {**FIELD_VALUES, "bf16": True}.get(name, {"tokenizer": "plain", "index": "hnsw", "model": "m",
-                                                         "n_jobs": 2, "allow_custom_pattern": True}.get(name))
+                                                         "n_jobs": 2, "allow_custom_pattern": True,
+                                                         "index_workers": 2}.get(name))
         if name == "encoder" or value is None:
             continue   # a ready object, or a None the CLI does not spell: library-only
         flag = "--" + name.replace("_", "-")

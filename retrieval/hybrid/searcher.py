@@ -80,13 +80,14 @@ class HybridSearcher:
     def build(cls, docs: Sequence[Document], show_progress: bool = True, *, bm25: BM25Config | None = None,
               tokenizer: TokenizerConfig | str = "default", dense: BiEncoder | EncoderConfig | None = None,
               index: IndexConfig | str = "auto", fusion: FusionConfig | None = None, n_jobs: int | None = None,
-              allow_custom_pattern: bool = False) -> "HybridSearcher":
+              allow_custom_pattern: bool = False, index_workers: int | None = None) -> "HybridSearcher":
         """Build both stages: BM25 from ``bm25`` + ``tokenizer``, dense from ``dense`` (a ready encoder or an
         :class:`EncoderConfig`) + ``index``; fuse as ``fusion`` says. Flat options go through ``from_documents``."""
         if fusion is not None and not isinstance(fusion, FusionConfig):
             raise ValueError(f"fusion must be a FusionConfig, got {type(fusion).__name__}")
         sparse = BM25Searcher.build(docs, show_progress=show_progress, config=bm25, tokenizer=tokenizer,
-                                    n_jobs=n_jobs, allow_custom_pattern=allow_custom_pattern)
+                                    n_jobs=n_jobs, allow_custom_pattern=allow_custom_pattern,
+                                    index_workers=index_workers)
         dense_stage = DenseSearcher.build(docs, show_progress=show_progress, encoder=dense, index=index)
         return cls(sparse, dense_stage, fusion)
 
