@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from retrieval.sparse.searcher import BM25Searcher
 from retrieval.sparse.scoring import BM25Config, BM25Index, idf
@@ -141,3 +143,51 @@ def test_configs_reject_unknown_keys_and_read_old_names() -> None:
         BM25Config(k1="1.2")   # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown BM25 implementation"):
         BM25Config(implementation="onnx")
+
+
+WORDS = ["apple", "pie", "banana", "tart", "cherry", "plum", "jam"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["add", "remove", "search"]),
+                          st.lists(st.lists(st.sampled_from(WORDS), max_size=6), min_size=1, max_size=4),
+                          st.lists(st.integers(0, 30), max_size=3)), max_size=12))
+def test_any_sequence_of_updates_scores_exactly_as_a_fresh_build(ops) -> None:
+    """Queued segments and removal marks, merged at any point, rank exactly as a fresh build (same rows in the
+    same order) with the same scores up to summation order (a fresh build numbers the terms differently)."""
+    docs = [["apple", "pie"], ["banana"], ["cherry", "pie", "pie"]]
+    index = BM25Index.build(docs)
+    for op, new, rows in ops:
+        if op == "add":
+            index.add(new)
+            docs = docs + new
+        elif op == "remove":
+            rows = sorted({r for r in rows if r < len(docs)})
+            index.remove(rows)
+            docs = [d for i, d in enumerate(docs) if i not in set(rows)]
+        else:
+            index.search([["pie"]], 3)          # a search in between merges what is queued
+        assert index.n_docs == len(docs)
+    fresh = BM25Index.build(docs)
+    for query in (["apple", "pie"], ["jam", "plum", "banana"], WORDS):
+        got = index.scores([query])
+        assert got.shape == (1, len(docs))
+        np.testing.assert_allclose(got, fresh.scores([query]), rtol=1e-6, atol=0)
+        (rows, scores), (fresh_rows, _) = index.search([query], 50)[0], fresh.search([query], 50)[0]
+        np.testing.assert_array_equal(rows, fresh_rows)
+
+
+def test_updates_are_queued_until_a_search_and_rows_are_checked() -> None:
+    index = BM25Index.build([["apple", "pie"], ["banana"]])
+    index.search([["pie"]], 2)
+    weights = index.weights
+    index.add([["cherry", "pie"]])
+    assert index.pending and index.n_docs == 3
+    index.remove([0])
+    assert index.pending and index.n_docs == 2
+    assert index.weights is not weights and not index.pending
+    assert index.tf.shape[0] == 2
+    with pytest.raises(IndexError, match="out of range"):
+        index.remove([2])
+    with pytest.raises(IndexError, match="out of range"):
+        index.remove([-1])

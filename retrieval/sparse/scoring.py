@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -133,13 +134,22 @@ def top_k_rows(scores: sp.csr_matrix, k: int) -> list[tuple[np.ndarray, np.ndarr
 
 
 class BM25Index:
-    """Term-count matrix + vocabulary + derived BM25 weights; search by sparse products."""
+    """Term-count matrix + vocabulary + derived BM25 weights; search by sparse products.
+
+    Updates are amortised: ``add`` counts only the new documents and queues them as a segment, ``remove`` only
+    marks rows; the segments are merged and the weights recomputed once, at the next search, save or ``tf``
+    read. So a burst of small updates costs one rebuild, and every result equals a fresh build over the same
+    documents in the same order (BM25's idf and average length are collection-wide: a stale weight would be wrong).
+    """
 
     def __init__(self, tf: sp.csr_matrix, vocab: dict[str, int], config: BM25Config | None = None) -> None:
         self.config = config or BM25Config()
         self.vocab = vocab
-        self.tf = tf.tocsr()
-        self.weights = term_weights(self.tf, self.config)
+        self._tf = tf.tocsr()
+        self._pending: list[sp.csr_matrix] = []     # added rows not yet merged into _tf
+        self._alive: np.ndarray | None = None       # over _tf's rows then the pending ones; None: all alive
+        self._weights: sp.csr_matrix | None = None
+        self._merging = threading.Lock()   # concurrent searches (read-locked by Retriever) may both merge
 
     @classmethod
     def build(cls, token_lists: Sequence[Sequence[str]], config: BM25Config | None = None) -> "BM25Index":
@@ -148,24 +158,71 @@ class BM25Index:
         tf = count_matrix(token_lists, vocab, grow=True)
         return cls(tf, vocab, config)
 
+    def _physical_rows(self) -> int:
+        return self._tf.shape[0] + sum(m.shape[0] for m in self._pending)
+
     @property
     def n_docs(self) -> int:
-        return self.tf.shape[0]
+        return self._physical_rows() if self._alive is None else int(self._alive.sum())
+
+    @property
+    def pending(self) -> bool:
+        """True while updates wait to be merged (the next search, save or ``tf`` read merges them)."""
+        return bool(self._pending) or self._alive is not None
+
+    @property
+    def tf(self) -> sp.csr_matrix:
+        """The documents x terms count matrix, with every queued update applied."""
+        if self.pending:
+            with self._merging:
+                self._merge()
+        return self._tf
+
+    def _merge(self) -> None:
+        if self.pending:
+            n_terms = len(self.vocab)
+            parts = [self._tf] + self._pending
+            for part in parts:
+                part.resize((part.shape[0], n_terms))
+            tf = sp.vstack(parts, format="csr") if len(parts) > 1 else self._tf
+            if self._alive is not None:
+                tf = tf[self._alive]
+            self._weights = None
+            self._tf, self._pending, self._alive = tf, [], None
+
+    @property
+    def weights(self) -> sp.csr_matrix:
+        """terms x documents BM25 weights, computed once per state of the collection."""
+        weights = self._weights
+        if weights is None:
+            with self._merging:
+                self._merge()
+                if self._weights is None:
+                    self._weights = term_weights(self._tf, self.config)
+                weights = self._weights
+        return weights
 
     def add(self, token_lists: Sequence[Sequence[str]]) -> None:
-        """Append documents; idf and average length are recomputed over the whole collection."""
+        """Append documents: counted now, merged (and all weights recomputed) at the next search."""
         new = count_matrix(token_lists, self.vocab, grow=True)
-        old = self.tf
-        old.resize((old.shape[0], len(self.vocab)))
-        self.tf = sp.vstack([old, new], format="csr")
-        self.weights = term_weights(self.tf, self.config)
+        if new.shape[0] == 0:
+            return
+        self._pending.append(new)
+        if self._alive is not None:
+            self._alive = np.concatenate([self._alive, np.ones(new.shape[0], dtype=bool)])
+        self._weights = None
 
     def remove(self, rows: Sequence[int]) -> None:
-        """Drop documents by row number; later rows shift down."""
-        keep = np.ones(self.n_docs, dtype=bool)
-        keep[np.asarray(rows, dtype=np.int64)] = False
-        self.tf = self.tf[keep]
-        self.weights = term_weights(self.tf, self.config)
+        """Drop documents by row number (later rows shift down); applied at the next search."""
+        rows = np.unique(np.asarray(rows, dtype=np.int64))
+        if rows.size == 0:
+            return
+        if rows[0] < 0 or rows[-1] >= self.n_docs:
+            raise IndexError(f"rows out of range 0..{self.n_docs - 1}: {rows[(rows < 0) | (rows >= self.n_docs)][:5]}")
+        if self._alive is None:
+            self._alive = np.ones(self._physical_rows(), dtype=bool)
+        self._alive[np.flatnonzero(self._alive)[rows]] = False
+        self._weights = None
 
     def query_matrix(self, token_lists: Sequence[Sequence[str]]) -> sp.csr_matrix:
         """Queries as rows of term counts over this vocabulary (unknown terms dropped)."""
