@@ -308,3 +308,20 @@ def test_registry_prefixes_apply_only_when_the_model_declares_none(tiny_model_di
                         ModelSpec(str(tiny_model_dir), "bi-encoder", query_prefix="q: ", doc_prefix="d: "))
     enc = load_encoder(str(tiny_model_dir), show_progress=False)
     assert (enc.query_prefix, enc.doc_prefix) == ("q: ", "d: ")
+
+
+def test_document_encoding_streams_in_blocks(tiny_model_dir, monkeypatch):
+    """Texts are made and encoded a block at a time into one array: the same vectors as one call."""
+    import retrieval.dense.encoders as encoders
+
+    enc = load_encoder(str(tiny_model_dir), show_progress=False, batch_size=2)
+    docs = [Document(id=str(i), title="t" * (i % 3), text=f"the cat {'gene ' * i} sat") for i in range(11)]
+    whole = enc.encode_documents(docs)
+    sizes = []
+    real = enc._encode
+    monkeypatch.setattr(enc, "_encode", lambda texts, *a, **kw: sizes.append(len(texts)) or real(texts, *a, **kw))
+    monkeypatch.setattr(encoders, "STREAM_BLOCK", 4)
+    streamed = enc.encode_documents(iter(docs))          # any iterable
+    assert sizes == [4, 4, 3]
+    assert streamed.dtype == np.float32 and streamed.shape == whole.shape
+    np.testing.assert_allclose(streamed, whole, atol=1e-5)
