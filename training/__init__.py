@@ -1,4 +1,5 @@
-"""Training: adapt an embedder to a corpus (TSDAE, SimCSE, CT, corpus pairs) or fine-tune a cross-encoder.
+"""Training: adapt an embedder to a corpus (TSDAE, SimCSE, CT, corpus pairs), fine-tune it on labels (supervised),
+or fine-tune a cross-encoder.
 
 ``run(TSDAEConfig(corpus="docs.jsonl", base="minilm", out="runs/x"))`` trains, checkpoints, optionally
 evaluates before/after on a BEIR split, and returns the model folder ``runs/x/model``. Each objective has
@@ -15,7 +16,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _EXPORTS = {
     "RunConfig": "config", "EmbedderConfig": "config", "CorpusConfig": "config", "TSDAEConfig": "config", "SimCSEConfig": "config",
-    "CTConfig": "config", "PairsConfig": "config", "CrossEncoderConfig": "config",
+    "CTConfig": "config", "PairsConfig": "config", "CrossEncoderConfig": "config", "SupervisedConfig": "config",
     "OBJECTIVES": "registry", "make_config": "registry", "load_config": "registry", "save_config": "registry",
     "run": "trainer",
     "load_base": "bi_encoder",
@@ -23,7 +24,8 @@ _EXPORTS = {
     "SimCSE": "simcse",
     "Pairs": "pairs", "corpus_documents": "pairs", "make_pair": "pairs",
     "ContrastiveTension": "contrastive_tension", "ct_pairs": "contrastive_tension",
-    "CrossEncoderObjective": "cross_encoder", "mine_hard_negatives": "cross_encoder",
+    "CrossEncoderObjective": "cross_encoder", "mine_hard_negatives": "negatives", "TrainingGroup": "negatives",
+    "Supervised": "supervised",
     "NoiseConfig": "noise", "noisy_text": "noise", "split_words": "noise",
     "Batch": "objective", "Objective": "objective",
     "SentenceOptions": "sentences", "corpus_sentences": "sentences", "split_sentences": "sentences",

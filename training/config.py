@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import operator
 import typing
+from pathlib import Path
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -39,6 +40,7 @@ PAIR_SOURCES = ("title-body", "ict")
 CT_VARIANTS = ("in-batch", "original")
 POOLINGS = ("auto", "cls", "mean", "max")
 CE_LOSSES = ("listwise", "bce")
+NEGATIVE_SOURCES = ("bm25", "dense", "both")   # first stages that mine hard negatives (training.negatives)
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple[Any, ...] | None = None,
@@ -242,3 +244,26 @@ class CrossEncoderConfig(RunConfig):
         if self.loss == "listwise":
             return max(1, int(self.batch_size or 0) // (1 + self.num_negatives))
         return int(self.batch_size or 0)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SupervisedConfig(EmbedderConfig):
+    """A bi-encoder fine-tuned on judged (query, positive) pairs of a BEIR split: in-batch negatives plus mined
+    hard negatives (``MultipleNegativesRankingLoss``, the loss all-MiniLM-L6-v2 was trained with)."""
+
+    data: str = option(help="BEIR folder (corpus.jsonl, queries.jsonl, qrels/<split>.tsv)")
+    split: str = option("train", "judged split to train on (never the evaluation split)")
+    max_queries: int | None = option(None, "use only the first N queries of the split", min=1)
+    num_negatives: int = option(1, "mined hard negatives per (query, positive), besides the in-batch ones", min=0)
+    negatives_depth: int = option(30, "hard negatives are sampled from the first stage's top-N", min=1)
+    negatives_from: str = option("bm25", "first stage that mines them: bm25, dense (the base model) or both",
+                                 choices=NEGATIVE_SOURCES)
+    scale: float = option(20.0, "similarity scale of the in-batch softmax (sentence-transformers' default)", above=0)
+    max_seq_length: int = option(256, "query and passage length in tokens", min=2)
+
+    def validate(self) -> None:
+        super().validate()
+        if self.eval_beir is not None and self.eval_split == self.split and \
+                Path(self.eval_beir).resolve() == Path(self.data).resolve():
+            raise ValueError(f"SupervisedConfig: evaluating on the training split {self.split!r} of {self.data}; "
+                             "evaluate on another split (--eval-split test)")

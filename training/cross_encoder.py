@@ -27,7 +27,6 @@ import logging
 import random
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,82 +35,18 @@ from torch import nn
 
 from retrieval.data import load_beir
 from retrieval.models import resolve_model
-from retrieval.types import Document, Qrels
 
 from training.config import CrossEncoderConfig
+from training.negatives import TrainingGroup, mine_hard_negatives, split_groups  # noqa: F401 (re-exported)
 from training.objective import Batch
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TrainingGroup:
-    """One judged positive of a query with its mined hard negatives (all of the same length in a run)."""
-
-    query: str
-    positive: str
-    negatives: tuple[str, ...]
-
-    def pairs(self) -> list[tuple[str, str, float]]:
-        """``(query, passage, label)`` rows: the positive (1.0) first, then the negatives (0.0)."""
-        return [(self.query, self.positive, 1.0)] + [(self.query, n, 0.0) for n in self.negatives]
-
-
-def mine_hard_negatives(corpus: list[Document], queries: dict[str, str], qrels: Qrels, num_negatives: int,
-                        depth: int, seed: int, show_progress: bool = True) -> list[TrainingGroup]:
-    """Group every judged positive with ``num_negatives`` passages sampled from BM25's top-``depth``.
-
-    Judged positives of the query are never negatives; when BM25's pool is too small the group is filled
-    with random corpus documents, so every group has the same size. Queries without positives are skipped.
-    """
-    from retrieval.retriever import Retriever
-
-    retriever = Retriever.from_documents(corpus, method="bm25", show_progress=show_progress)
-    by_id = {d.id: d for d in corpus}
-    all_ids = list(by_id)
-    qids = [q for q in queries if any(g > 0 for g in qrels.get(q, {}).values())]
-    results = retriever.retrieve_batch([queries[q] for q in qids], k=depth)
-    rng = random.Random(seed)
-    groups: list[TrainingGroup] = []
-    for qid, hits in zip(qids, results):
-        judged = {d for d, g in qrels[qid].items() if g > 0}
-        positives = [d for d in sorted(judged) if d in by_id]
-        pool = [h.id for h in hits if h.id not in judged]
-        for pos in positives:
-            chosen = rng.sample(pool, min(num_negatives, len(pool)))
-            if len(chosen) < num_negatives:
-                chosen += _random_negatives(all_ids, judged | set(chosen), num_negatives - len(chosen), rng)
-            groups.append(TrainingGroup(queries[qid], by_id[pos].full_text,
-                                        tuple(by_id[d].full_text for d in chosen)))
-    if not groups:
-        raise ValueError("no training pairs: no query of the split has a judged positive in the corpus")
-    logger.info("mined %d groups of 1 positive + %d negatives for %d queries", len(groups), num_negatives, len(qids))
-    return groups
-
-
-def _random_negatives(ids: list[str], exclude: set[str], need: int, rng: random.Random) -> list[str]:
-    """``need`` distinct ids not in ``exclude``: a draw from the rest for small corpora, rejection beyond."""
-    if len(ids) - len(exclude) < need:
-        raise ValueError(f"the corpus has {len(ids)} documents: too few for {need} more negatives")
-    if len(ids) <= 10_000:
-        return rng.sample([d for d in ids if d not in exclude], need)
-    out: list[str] = []
-    while len(out) < need:  # a large corpus: almost every draw is usable
-        candidate = ids[rng.randrange(len(ids))]
-        if candidate not in exclude and candidate not in out:
-            out.append(candidate)
-    return out
-
-
 def load_groups(config: CrossEncoderConfig) -> list[TrainingGroup]:
-    """Read the BEIR split named by ``config`` and mine its training groups."""
-    dataset = load_beir(config.data, config.split)
-    queries = dataset.queries
-    if config.max_queries is not None:
-        queries = dict(list(queries.items())[: config.max_queries])
-    corpus = list(dataset.corpus())
-    return mine_hard_negatives(corpus, queries, dataset.qrels, config.num_negatives, config.negatives_depth,
-                               config.seed, config.show_progress)
+    """Read the BEIR split named by ``config`` and mine its training groups (BM25 negatives)."""
+    return split_groups(config.data, config.split, config.max_queries, config.num_negatives, config.negatives_depth,
+                        config.seed, show_progress=config.show_progress)
 
 
 def training_items(config: CrossEncoderConfig) -> list[Any]:

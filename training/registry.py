@@ -15,7 +15,8 @@ from typing import Any
 
 from retrieval.errors import MissingDependency
 
-from training.config import CrossEncoderConfig, CTConfig, PairsConfig, RunConfig, SimCSEConfig, TSDAEConfig
+from training.config import (CrossEncoderConfig, CTConfig, PairsConfig, RunConfig, SimCSEConfig, SupervisedConfig,
+                             TSDAEConfig)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,8 @@ OBJECTIVES: dict[str, Registered] = {
     "simcse": Registered(SimCSEConfig, "training.simcse", "a sentence and itself through dropout (SimCSE)"),
     "ct": Registered(CTConfig, "training.contrastive_tension", "two encoder copies agree on a sentence (CT)"),
     "pairs": Registered(PairsConfig, "training.pairs", "title -> text or sentence -> document pairs, in-batch negatives"),
+    "supervised": Registered(SupervisedConfig, "training.supervised",
+                             "fine-tune an embedder on a BEIR split: in-batch + mined hard negatives"),
     "cross-encoder": Registered(CrossEncoderConfig, "training.cross_encoder",
                                 "fine-tune a reranker on a BEIR split with BM25-mined hard negatives"),
 }
