@@ -96,3 +96,42 @@ def test_the_command_trains_supervised(tmp_path, tiny, capsys) -> None:
     assert f"model: {tmp_path / 'sup' / 'model'}" in capsys.readouterr().out
     saved = json.loads((tmp_path / "sup" / "config.json").read_text())["config"]
     assert saved["negatives_from"] == "both" and saved["split"] == "train"
+
+
+def test_a_chain_starts_each_step_from_the_last_model_and_resumes(tmp_path, tiny, capsys) -> None:
+    """The TSDAE paper's protocol as a chain: an unsupervised step on the corpus, then supervised."""
+    from training.chain import chain_configs, load_chain, run_chain
+    from training.cli import main
+
+    beir = _config(tmp_path, tiny).data    # writes the tiny BEIR folder
+    spec = {"out": str(tmp_path / "chain"), "base": str(tiny),
+            "steps": [{"objective": "simcse", "corpus": beir, "max_steps": 2, "batch_size": 4, "min_words": 2,
+                       "max_seq_length": 16, "device": "cpu", "show_progress": False},
+                      {"objective": "supervised", "data": beir, "max_steps": 2, "batch_size": 3,
+                       "max_seq_length": 32, "negatives_depth": 5, "eval_beir": beir, "eval_split": "test",
+                       "device": "cpu", "show_progress": False}]}
+    (tmp_path / "chain.json").write_text(json.dumps(spec))
+    configs, out = load_chain(tmp_path / "chain.json")
+    assert configs[0].base == str(tiny) and configs[0].out == str(tmp_path / "chain" / "0-simcse")
+    assert configs[1].base == str(tmp_path / "chain" / "0-simcse" / "model")
+    assert main(["chain", str(tmp_path / "chain.json")]) == 0
+    summary = json.loads((tmp_path / "chain" / "chain.json").read_text())
+    assert [s["objective"] for s in summary] == ["simcse", "supervised"]
+    assert summary[1]["base"].endswith("0-simcse/model") and 0 <= summary[1]["after"] <= 1
+    # a second run finds both steps finished and trains nothing
+    stamp = (tmp_path / "chain" / "1-supervised" / "model" / "model.safetensors").stat().st_mtime_ns
+    run_chain(configs, out)
+    assert (tmp_path / "chain" / "1-supervised" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+    # a step killed before it saved its model is resumed in its own folder
+    shutil.rmtree(tmp_path / "chain" / "1-supervised" / "model")
+    run_chain(configs, out)
+    assert (tmp_path / "chain" / "1-supervised" / "model" / "model.safetensors").is_file()
+    assert json.loads((tmp_path / "chain" / "1-supervised" / "config.json").read_text())["config"]["base"] == \
+        configs[1].base
+    for bad, match in (({"steps": []}, "'out'"), ({"out": "x", "steps": []}, "non-empty"),
+                       ({"out": "x", "steps": [{"objective": "simcse", "corpus": beir}, {"objective": "supervised",
+                         "data": beir, "base": "minilm"}]}, "set by the chain"),
+                       ({"out": "x", "steps": [{"objective": "nope"}]}, "steps\\[0\\]"),
+                       ({"out": "x", "steps": [{"objective": "simcse"}], "extra": 1}, "unknown key")):
+        with pytest.raises(ValueError, match=match):
+            chain_configs(bad)

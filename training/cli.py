@@ -17,6 +17,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+import training.chain as chain_module
 from training.config import RunConfig, field_kinds
 from training.registry import OBJECTIVES
 
@@ -104,13 +105,28 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chain(args: argparse.Namespace) -> int:
+    """Run a chain file's steps in order (each from the previous step's model) and print each step's result."""
+    configs, out = chain_module.load_chain(args.spec)
+    for folder, config in zip(chain_module.run_chain(configs, out), configs):
+        print(f"step {config.out}:")
+        _report(folder, json.loads((Path(config.out) / "metrics.json").read_text(encoding="utf-8")))
+    print(f"summary: {out / 'chain.json'}")
+    return 0
+
+
 def add_objective_commands(parser: argparse.ArgumentParser) -> None:
-    """One sub-command per registered objective, its flags generated from its config class."""
+    """One sub-command per registered objective, its flags generated from its config class; and ``chain``."""
     objectives = parser.add_subparsers(dest="objective", required=True)
     for name, entry in OBJECTIVES.items():
         p = objectives.add_parser(name, help=entry.summary, description=entry.config.__doc__)
         add_config_arguments(p, entry.config)
         p.set_defaults(func=cmd_train, config_class=entry.config)
+    chain = objectives.add_parser("chain", help="run training steps in order, each from the model the last one saved "
+                                                "(e.g. tsdae then supervised); rerun to resume",
+                                  description=(chain_module.__doc__ or "").split("\n\n")[0])
+    chain.add_argument("spec", help="chain JSON: {\"out\": OUT, \"base\": BASE, \"steps\": [{\"objective\": NAME, ...}]}")
+    chain.set_defaults(func=cmd_chain)
 
 
 def add_train_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -133,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return cmd_train(args)
+        return args.func(args)
     except (ValueError, OSError, MissingDependency) as exc:
         print(f"python -m training {args.objective}: error: {exc}", file=sys.stderr)
         return 2
