@@ -173,7 +173,7 @@ def test_any_sequence_of_updates_scores_exactly_as_a_fresh_build(ops) -> None:
         got = index.scores([query])
         assert got.shape == (1, len(docs))
         np.testing.assert_allclose(got, fresh.scores([query]), rtol=1e-6, atol=0)
-        (rows, scores), (fresh_rows, _) = index.search([query], 50)[0], fresh.search([query], 50)[0]
+        (rows, _), (fresh_rows, _) = index.search([query], 50)[0], fresh.search([query], 50)[0]
         np.testing.assert_array_equal(rows, fresh_rows)
 
 
