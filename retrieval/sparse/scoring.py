@@ -81,21 +81,35 @@ def term_weights(tf: sp.csr_matrix, cfg: BM25Config) -> sp.csr_matrix:
     doc_len = np.asarray(tf.sum(axis=1)).ravel().astype(np.float64)
     avgdl = doc_len.mean() if n_docs and doc_len.mean() > 0 else 1.0
     df = np.diff(tf.tocsc().indptr)
+    return weights_from_stats(tf, cfg, idf(df, n_docs, cfg), avgdl)
+
+
+def weights_from_stats(tf: sp.csr_matrix, cfg: BM25Config, term_idf: np.ndarray, avgdl: float) -> sp.csr_matrix:
+    """``term_weights`` with the idf per column of ``tf`` and the average length given, not read from ``tf``.
+
+    A shard of a collection passes the whole collection's values (see ``retrieval.distributed.stats``), so its
+    weights equal those of one index over every document.
+    """
+    n_docs = tf.shape[0]
+    doc_len = np.asarray(tf.sum(axis=1)).ravel().astype(np.float64)
     coo = tf.tocoo()
     counts = coo.data.astype(np.float64)
     norm = cfg.k1 * (1.0 - cfg.b + cfg.b * doc_len[coo.row] / avgdl)
     sat = counts / (counts + norm)
     if cfg.variant in ("okapi", "atire"):
         sat *= cfg.k1 + 1.0
-    weights = sat * idf(df, n_docs, cfg)[coo.col]
+    weights = sat * np.asarray(term_idf, dtype=np.float64)[coo.col]
     out = sp.csr_matrix((weights.astype(cfg.dtype), (coo.col, coo.row)), shape=(tf.shape[1], n_docs))
     out.sort_indices()
     return out
 
 
 def count_matrix(token_lists: Sequence[Sequence[str]], vocab: dict[str, int], grow: bool,
-                 dtype: Any = np.int32) -> sp.csr_matrix:
-    """Rows of term counts; unknown terms are added to ``vocab`` when ``grow`` else dropped."""
+                 dtype: Any = np.int32, sort_terms: bool = True) -> sp.csr_matrix:
+    """Rows of term counts; unknown terms are added to ``vocab`` when ``grow`` else dropped.
+
+    ``sort_terms=False`` keeps each row's terms in first-occurrence order (for queries: see ``query_matrix``).
+    """
     indptr = [0]
     indices: list[int] = []
     data: list[int] = []
@@ -114,7 +128,10 @@ def count_matrix(token_lists: Sequence[Sequence[str]], vocab: dict[str, int], gr
         (np.asarray(data, dtype=dtype), np.asarray(indices, dtype=np.int64), np.asarray(indptr, dtype=np.int64)),
         shape=(len(token_lists), len(vocab)),
     )
-    mat.sort_indices()
+    if sort_terms:
+        mat.sort_indices()
+    else:
+        mat.has_sorted_indices = False   # scipy must not assume an order it could exploit
     return mat
 
 
@@ -225,8 +242,13 @@ class BM25Index:
         self._weights = None
 
     def query_matrix(self, token_lists: Sequence[Sequence[str]]) -> sp.csr_matrix:
-        """Queries as rows of term counts over this vocabulary (unknown terms dropped)."""
-        q = count_matrix(token_lists, self.vocab, grow=False, dtype=self.config.dtype)
+        """Queries as rows of term counts over this vocabulary (unknown terms dropped).
+
+        Terms stay in query order, not term-id order: the sparse product then sums each document's score in the
+        order the query names its terms, so the float result does not depend on how the vocabulary happens to be
+        numbered (an index grown by updates numbers terms differently from a fresh build, and must score equally).
+        """
+        q = count_matrix(token_lists, self.vocab, grow=False, dtype=self.config.dtype, sort_terms=False)
         q.resize((q.shape[0], self.weights.shape[0]))
         return q
 
