@@ -65,7 +65,7 @@ def test_bm25_scale_scripts_run_small_and_check_themselves(tmp_path):
     """bm25_updates and scale_curves at toy sizes: the updated index equals a fresh computation, rows are filled."""
     updates = load_script("bm25_updates").main(["--docs", "3000", "--vocab", "2000", "--batch", "20",
                                                 "--repeats", "1", "--out", str(tmp_path / "u.json")])
-    assert updates["weights_equal_fresh_computation"] is True and updates["best_s"]["add"] > 0
+    assert updates["results_equal_fresh_build"] is True and updates["best_s"]["add"] > 0
     curves = load_script("scale_curves").main(["--sizes", "600", "--systems", "bm25-retrievekit,flat-faiss",
                                                "--queries", "20", "--out", str(tmp_path / "s.json")])
     rows = {r["system"]: r for r in curves["rows"]}
