@@ -122,6 +122,7 @@ def measure_bm25(system: str, n: int, n_queries: int, save: bool) -> dict:
 
         one = lambda q: batch([q])  # noqa: E731
         saver = lambda folder: index.save(str(folder))  # noqa: E731
+    batch(queries[:20])   # warm-up, as for FAISS
     tic = time.perf_counter()
     batch(queries)
     qps = len(queries) / (time.perf_counter() - tic)
@@ -194,6 +195,7 @@ def measure_faiss(system: str, n: int, n_queries: int, dim: int, save: bool) -> 
             faiss.downcast_index(index).hnsw.efSearch = setting
         elif kind == "ivfpq":
             faiss.extract_index_ivf(index).nprobe = setting
+        search(queries[:20], 10)      # warm-up: the first calls after a setting changes pay one-off costs
         tic = time.perf_counter()
         result = search(queries, 10)
         qps = len(queries) / (time.perf_counter() - tic)
@@ -272,7 +274,8 @@ def main(argv: list[str] | None = None) -> dict | None:
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
                 raise SystemExit(f"{system} at {n:,} docs failed:\n{proc.stderr[-3000:]}")
-            row = {"system": system, "docs": n, **json.loads(line[len("RESULT "):])}
+            row = {"system": system, "docs": n, **json.loads(line[len("RESULT "):]),
+                   "load_average_1min": round(os.getloadavg()[0], 2)}   # other work on the machine, per row
             rows.append(row)
             print(json.dumps(row), flush=True)
     result = {"rows": rows, "cpu_flags": sorted(cpu_flags() & FLAGS), "cpu_count": os.cpu_count(),

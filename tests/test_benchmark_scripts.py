@@ -71,3 +71,11 @@ def test_bm25_scale_scripts_run_small_and_check_themselves(tmp_path):
     rows = {r["system"]: r for r in curves["rows"]}
     assert rows["bm25-retrievekit"]["queries_per_s"] > 0 and rows["flat-faiss"]["bytes_per_doc"] >= 384 * 4
     assert (tmp_path / "s.png").stat().st_size > 0
+
+
+def test_bm25_indexing_script_compares_against_bm25s_and_checks_identity(tmp_path, scifact_dir):
+    result = load_script("bm25_indexing").main(["--data", str(scifact_dir.parent.parent), "--copies", "1",
+                                                "--repeats", "1", "--workers", "2", "--out", str(tmp_path / "i.json")])
+    assert result["identical_index"] is True and result["documents"] == 5183
+    assert set(result["docs_per_s"]) == {"retrievekit 1 process", "retrievekit 2 processes", "bm25s"}
+    assert json.loads((tmp_path / "i.json").read_text())["ratio_vs_bm25s"]["bm25s"] == 1.0
