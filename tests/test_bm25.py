@@ -243,3 +243,46 @@ def test_chunked_full_refresh_equals_the_whole_collection_formula(monkeypatch) -
     index = BM25Index(tf, {f"t{i}": i for i in range(700)}, BM25Config(variant="okapi"))
     monkeypatch.setattr(_Segment, "CHUNK", 37)      # chunks that cut through terms' postings
     assert (index.weights != term_weights(tf, index.config)).nnz == 0
+
+
+def test_removed_rows_are_dropped_once_a_quarter_of_a_segment_is_dead() -> None:
+    docs = [["apple", "pie"], ["banana", "tart"]] * 20
+    index = BM25Index.build(docs)
+    index.add([["plum"]] * 4)
+    assert index.n_segments == 2
+    index.remove([40, 41, 42, 43])                       # the whole new segment: it goes
+    assert index.n_segments == 1 and index._alive is None
+    index.remove(list(range(5)))                         # 5 of 40: marked only
+    assert index._alive is not None and index._physical_rows() == 40
+    index.remove(list(range(6)))                         # 11 of 40 dead: the segment is rewritten without them
+    assert index._alive is None and index._physical_rows() == 29
+    np.testing.assert_array_equal(index.scores([["pie", "tart"]]), BM25Index.build(docs[11:]).scores([["pie", "tart"]]))
+
+
+def test_searches_running_alongside_updates_see_a_whole_collection() -> None:
+    import threading
+
+    index = BM25Index.build([["apple", "pie"], ["banana"]] * 50)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def search() -> None:
+        while not stop.is_set():
+            try:
+                for rows, scores in index.search([["pie", "w3"], ["banana", "w7"]], 5):
+                    assert len(rows) == len(scores) and (rows < index.n_docs + 100).all()
+            except BaseException as e:   # noqa: BLE001 - reported below
+                errors.append(e)
+                return
+
+    threads = [threading.Thread(target=search) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for i in range(40):
+        index.add([[f"w{i}", "pie"]] * 3)
+        if i % 7 == 0:
+            index.remove([i])
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]

@@ -398,14 +398,14 @@ class BM25Index:
 
     def add(self, token_lists: Sequence[Sequence[str]]) -> None:
         """Append documents as a new segment: O(new documents), plus small-segment merges (amortised)."""
-        new = count_matrix(token_lists, self.vocab, grow=True)
-        if new.shape[0] == 0:
-            return
-        seg = _Segment.of(new, self.config.dtype)
-        self._df = np.concatenate([self._df, np.zeros(len(self.vocab) - len(self._df), dtype=np.int64)])
-        self._df += np.diff(new.tocsc().indptr)
-        self._total_len += float(seg.doc_len.sum())
-        with self._lock:
+        with self._lock:    # searches may run alongside: they see the collection before or after, never between
+            new = count_matrix(token_lists, self.vocab, grow=True)
+            if new.shape[0] == 0:
+                return
+            seg = _Segment.of(new, self.config.dtype)
+            df = np.concatenate([self._df, np.zeros(len(self.vocab) - len(self._df), dtype=np.int64)])
+            self._df = df + np.diff(new.tocsc().indptr)
+            self._total_len += float(seg.doc_len.sum())
             self._segments.append(seg)
             if self._alive is not None:
                 self._alive = np.concatenate([self._alive, np.ones(seg.n_docs, dtype=bool)])
@@ -417,40 +417,60 @@ class BM25Index:
         while len(segs) > 1 and segs[-2].n_docs <= self.MERGE_RATIO * segs[-1].n_docs:
             b = segs.pop()
             a = segs.pop()
-            start = sum(s.n_docs for s in segs)
-            alive = None if self._alive is None else self._alive[start:start + a.n_docs + b.n_docs]
-            merged = _Segment.merge(a, b)
-            if alive is not None and not alive.all():   # drop dead rows while rewriting anyway
-                merged = _Segment(merged.counts[:, alive].tocsr(), merged.doc_len[alive],
-                                  np.zeros(0, dtype=merged.weights.dtype), merged.stamp)
-                merged.counts.sort_indices()
-                merged.weights = np.zeros(merged.counts.nnz, dtype=merged.weights.dtype)
-                self._alive = np.concatenate([self._alive[:start], alive[alive], self._alive[start + len(alive):]])
-            segs.append(merged)
+            segs.append(_Segment.merge(a, b))
+            self._compact(len(segs) - 1)
         if self._alive is not None and self._alive.all():
             self._alive = None
 
+    def _start(self, i: int) -> int:
+        return sum(seg.n_docs for seg in self._segments[:i])
+
+    def _compact(self, i: int) -> None:
+        """Rewrite segment ``i`` without its removed rows (when merging anyway, or once a quarter of it is dead)."""
+        if self._alive is None:
+            return
+        seg, start = self._segments[i], self._start(i)
+        live = self._alive[start:start + seg.n_docs]
+        if live.all():
+            return
+        if not live.any() and len(self._segments) > 1:    # nothing left: the segment goes
+            del self._segments[i]
+            self._alive = np.concatenate([self._alive[:start], self._alive[start + seg.n_docs:]])
+            return
+        counts = seg.counts[:, live].tocsr()
+        counts.sort_indices()
+        self._segments[i] = _Segment(counts, seg.doc_len[live], np.zeros(counts.nnz, dtype=seg.weights.dtype),
+                                     np.full(counts.shape[0], -1, dtype=np.int64))
+        self._alive = np.concatenate([self._alive[:start], live[live], self._alive[start + seg.n_docs:]])
+
     def remove(self, rows: Sequence[int]) -> None:
         """Drop documents by row number (later rows shift down): their terms leave the statistics now, their
-        postings at the next merge or save. O(postings of the segments they live in)."""
+        postings when their segment merges or is a quarter dead, or at save. O(postings of their segments)."""
         rows = np.unique(np.asarray(rows, dtype=np.int64))
         if rows.size == 0:
             return
-        if rows[0] < 0 or rows[-1] >= self.n_docs:
-            raise IndexError(f"rows out of range 0..{self.n_docs - 1}: {rows[(rows < 0) | (rows >= self.n_docs)][:5]}")
-        alive = np.ones(self._physical_rows(), dtype=bool) if self._alive is None else self._alive.copy()
-        physical = np.flatnonzero(alive)[rows]
-        start = 0
-        for seg in self._segments:
-            local = physical[(physical >= start) & (physical < start + seg.n_docs)] - start
-            if local.size:
-                terms, _ = seg.docs_by_term(local)
-                self._df -= np.bincount(terms, minlength=len(self._df))[:len(self._df)]
-                self._total_len -= float(seg.doc_len[local].sum())
-            start += seg.n_docs
-        alive[physical] = False
         with self._lock:
-            self._alive = alive
+            if rows[0] < 0 or rows[-1] >= self.n_docs:
+                raise IndexError(f"rows out of range 0..{self.n_docs - 1}: "
+                                 f"{rows[(rows < 0) | (rows >= self.n_docs)][:5]}")
+            alive = np.ones(self._physical_rows(), dtype=bool) if self._alive is None else self._alive.copy()
+            physical = np.flatnonzero(alive)[rows]
+            alive[physical] = False
+            df, total_len, start, touched = self._df.copy(), self._total_len, 0, []
+            for i, seg in enumerate(self._segments):
+                local = physical[(physical >= start) & (physical < start + seg.n_docs)] - start
+                if local.size:
+                    terms, _ = seg.docs_by_term(local)
+                    df -= np.bincount(terms, minlength=len(df))[:len(df)]
+                    total_len -= float(seg.doc_len[local].sum())
+                    if not alive[start:start + seg.n_docs].mean() > 0.75:
+                        touched.append(i)
+                start += seg.n_docs
+            self._df, self._total_len, self._alive = df, total_len, alive
+            for i in reversed(touched):    # from the end: a segment that goes shifts only later ones
+                self._compact(i)
+            if self._alive.all():
+                self._alive = None
             self._version += 1
 
     def query_matrix(self, token_lists: Sequence[Sequence[str]]) -> sp.csr_matrix:
@@ -468,6 +488,7 @@ class BM25Index:
         """Dense scores (n_queries x n_docs); for tests and reference, not for search."""
         q = self.query_matrix(token_lists)
         mats, _, _ = self._weight_matrices(np.unique(q.indices))
+        q.resize((q.shape[0], mats[0].shape[0]))     # the vocabulary may have grown meanwhile
         dense = self._scores(q, mats).toarray()
         return dense[:, self._alive] if self._alive is not None else dense
 
@@ -480,6 +501,7 @@ class BM25Index:
             return []
         q = self.query_matrix(token_lists)
         mats, keep, rows = self._weight_matrices(np.unique(q.indices))
+        q.resize((q.shape[0], mats[0].shape[0]))     # the vocabulary may have grown meanwhile
         jobs = max(1, min(n_jobs or os.cpu_count() or 1, -(-q.shape[0] // 16)))
         step = min(chunk, -(-q.shape[0] // jobs))
         parts = [q[i:i + step] for i in range(0, q.shape[0], step)]
