@@ -111,6 +111,23 @@ def test_hnsw_recall_against_flat_on_random_vectors(enc):
     np.testing.assert_allclose(flat[0][1], np.sort(emb @ q[0])[::-1][:10], rtol=1e-5)
 
 
+@pytest.mark.parametrize("index", ["flat", "hnsw"])
+def test_one_query_search_runs_on_one_thread_and_restores_it(enc, index):
+    import faiss
+
+    rng = np.random.default_rng(1)
+    emb = rng.standard_normal((500, enc.dim)).astype(np.float32)
+    searcher = DenseSearcher.from_embeddings([str(i) for i in range(500)], emb, enc, index=index)
+    searcher.remove([3])                       # with a selector too
+    before = faiss.omp_get_max_threads()
+    batch = searcher.search_vectors(emb[:4], 5)
+    for i in range(4):
+        rows, scores = searcher.search_vectors(emb[i], 5)[0]
+        np.testing.assert_array_equal(rows, batch[i][0])
+        np.testing.assert_array_equal(scores, batch[i][1])
+    assert faiss.omp_get_max_threads() == before
+
+
 def test_k_larger_than_collection_and_empty_index(enc):
     searcher = DenseSearcher.build(DOCS[:3], show_progress=False, index="flat", encoder=enc)
     rows, scores = searcher.search(["cat"], 10)[0]

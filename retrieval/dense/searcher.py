@@ -19,6 +19,7 @@ import numpy as np
 
 from retrieval.dense.encoders import BiEncoder, EncoderConfig, load_encoder
 from retrieval.dense.index import (IndexConfig, faiss_module, ivf_lists, new_index, pq_shape,  # noqa: F401
+                                   single_query_threads,
                                    resolve_index, set_search_params)
 from retrieval.errors import IndexFormatError
 from retrieval.models import looks_like_path, resolve_model
@@ -126,7 +127,8 @@ class DenseSearcher:
             return [(np.zeros(0, np.int64), np.zeros(0, np.float32)) for _ in range(len(q))]
         params = self._search_params()
         kk = min(k, len(self))
-        scores, labels = self.index.search(q, kk, params=params) if params is not None else self.index.search(q, kk)
+        with single_query_threads(len(q)):
+            scores, labels = self.index.search(q, kk, params=params) if params is not None else self.index.search(q, kk)
         out = []
         for s, lab in zip(scores, labels):
             keep = lab >= 0
