@@ -45,11 +45,14 @@ def _free_port() -> int:
 def server(tmp_path_factory) -> Iterator[str]:
     from retrieval.models import resolve_model
 
+    from retrieval.rerank.llm.gguf_probe import runnable_gguf
+
     ref = resolve_model("smollm2")
+    model = runnable_gguf(f"{ref.path}/{ref.gguf_file}", None)   # as shipped, unless llama.cpp crashes on it here
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"    # a file, not a pipe: a full pipe would stall it
     with open(log, "wb") as sink:
-        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", f"{ref.path}/{ref.gguf_file}",
+        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model),
                                  "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2",
                                  "--model_alias", "smollm2"], stdout=sink, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}/v1"

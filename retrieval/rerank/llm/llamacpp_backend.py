@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from retrieval.errors import LLMError, MissingDependency
 from retrieval.models import DEFAULT_LLM, resolve_model
-from retrieval.rerank.llm.gguf_convert import converted_gguf
+from retrieval.rerank.llm.gguf_probe import runnable_gguf
 from retrieval.rerank.llm.prompts import Messages, render_plain
 from retrieval.rerank.llm.replies import logsumexp
 from retrieval.rerank.llm.tokens import choice_token_ids, count, log_softmax
@@ -75,7 +75,8 @@ class LlamaCppLM:
 
         ``convert="f16"`` (or ``"q8_0"``) runs a copy of the weights in that type, written once to the cache
         folder (:func:`~retrieval.rerank.llm.gguf_convert.converted_gguf`): the bundled model's Q4_1 has no fast
-        matrix kernel on AVX2 CPUs, F16 and Q8_0 have. ``None`` runs the file as shipped."""
+        matrix kernel on AVX2 CPUs, F16 and Q8_0 have. ``None`` runs the file as shipped, unless llama.cpp crashes on
+        it on this CPU (probed once in a child process: :mod:`~retrieval.rerank.llm.gguf_probe`); then an F16 copy."""
         try:
             from llama_cpp import Llama
         except ImportError as exc:
@@ -84,9 +85,7 @@ class LlamaCppLM:
         ref = resolve_model(name)
         if not ref.gguf_file:
             raise ValueError(f"backend='llama-cpp' needs a .gguf model; {name!r} resolves to the folder {ref.path}")
-        path = os.path.join(ref.path, ref.gguf_file)
-        if convert is not None:
-            path = str(converted_gguf(path, convert))
+        path = str(runnable_gguf(os.path.join(ref.path, ref.gguf_file), convert))   # never a file that crashes here
         threads = count("n_threads", n_threads, minimum=1) if n_threads is not None else (os.cpu_count() or 1)
         n_batch = options.get("n_batch", 512)
         llm = Llama(model_path=path, n_ctx=max_length, n_batch=max(n_batch, 1), n_ubatch=max(n_batch, 1),

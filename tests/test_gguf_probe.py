@@ -1,0 +1,71 @@
+"""A GGUF that crashes llama.cpp on this CPU is found in a child process and replaced, never loaded in ours."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from retrieval.rerank.llm import gguf_probe  # noqa: E402
+
+CRASH_UNLESS_F16 = """
+import os, signal, sys
+if not sys.argv[1].endswith(".f16.gguf"):
+    os.kill(os.getpid(), signal.SIGSEGV)
+"""
+
+
+@pytest.fixture()
+def fake_models(tmp_path, monkeypatch):
+    monkeypatch.setenv("RETRIEVEKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(gguf_probe, "PROBE", CRASH_UNLESS_F16)
+    source = tmp_path / "model.Q4_1.gguf"
+    source.write_bytes(b"GGUF")
+
+    def convert(path, target):
+        out = tmp_path / f"model.{target}.gguf"
+        out.write_bytes(b"GGUF")
+        return out
+
+    monkeypatch.setattr(gguf_probe, "converted_gguf", convert)
+    return source
+
+
+def test_a_file_that_crashes_here_is_replaced_by_an_f16_copy(fake_models, caplog):
+    with caplog.at_level("WARNING"):
+        chosen = gguf_probe.runnable_gguf(fake_models, None)
+    assert chosen.name == "model.f16.gguf"
+    assert "crashes llama.cpp on this CPU" in caplog.text
+
+
+def test_an_explicit_type_that_crashes_is_refused_clearly(fake_models):
+    with pytest.raises(RuntimeError, match=r"q8_0 weights\) on this CPU; convert='f16'"):
+        gguf_probe.runnable_gguf(fake_models, "q8_0")
+    assert gguf_probe.runnable_gguf(fake_models, "f16").name == "model.f16.gguf"
+
+
+def test_the_answer_is_cached_per_file(fake_models, monkeypatch):
+    calls = []
+    real = subprocess.run
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gguf_probe.subprocess, "run", counting)
+    assert gguf_probe.runs_natively(fake_models) is False
+    assert gguf_probe.runs_natively(fake_models) is False
+    assert len(calls) == 1
+    fake_models.write_bytes(b"GGUF, changed")          # another file (size/mtime): probed again
+    gguf_probe.runs_natively(fake_models)
+    assert len(calls) == 2
+
+
+@pytest.mark.model
+def test_the_bundled_model_resolves_to_a_file_llama_cpp_runs_here():
+    from retrieval.models import resolve_model
+
+    ref = resolve_model("smollm2")
+    chosen = gguf_probe.runnable_gguf(f"{ref.path}/{ref.gguf_file}", None)
+    assert chosen.is_file() and gguf_probe.runs_natively(chosen)
