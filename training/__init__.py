@@ -1,5 +1,5 @@
 """Training: adapt an embedder to a corpus (TSDAE, SimCSE, CT, corpus pairs), fine-tune it on labels (supervised),
-or fine-tune a cross-encoder.
+adapt it with generated queries and a cross-encoder teacher (GPL), or fine-tune a cross-encoder.
 
 ``run(TSDAEConfig(corpus="docs.jsonl", base="minilm", out="runs/x"))`` trains, checkpoints, optionally
 evaluates before/after on a BEIR split, and returns the model folder ``runs/x/model``. Each objective has
@@ -17,6 +17,7 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 _EXPORTS = {
     "RunConfig": "config", "EmbedderConfig": "config", "CorpusConfig": "config", "TSDAEConfig": "config", "SimCSEConfig": "config",
     "CTConfig": "config", "PairsConfig": "config", "CrossEncoderConfig": "config", "SupervisedConfig": "config",
+    "GPLConfig": "config", "MarginMSE": "gpl.margin_mse",
     "OBJECTIVES": "registry", "make_config": "registry", "load_config": "registry", "save_config": "registry",
     "run": "trainer",
     "load_base": "bi_encoder",

@@ -8,7 +8,7 @@ field's metadata; validation, ``to_dict``/``from_dict`` and the ``retrieval trai
     │                        checkpoints, before/after evaluation, device, progress
     ├── EmbedderConfig       a bi-encoder being trained: its pooling
     │   └── CorpusConfig     ... on an unlabeled corpus: corpus, sentence filters
-    │       └── TSDAEConfig, SimCSEConfig, CTConfig, PairsConfig
+    │       └── TSDAEConfig, SimCSEConfig, CTConfig, PairsConfig, GPLConfig
     └── CrossEncoderConfig   a reranker trained on a labeled BEIR split with mined hard negatives
 
 Objectives are named in one place, :data:`training.registry.OBJECTIVES`. A new one is a config class
@@ -41,6 +41,7 @@ CT_VARIANTS = ("in-batch", "original")
 POOLINGS = ("auto", "cls", "mean", "max")
 CE_LOSSES = ("listwise", "bce")
 NEGATIVE_SOURCES = ("bm25", "dense", "both")   # first stages that mine hard negatives (training.negatives)
+GENERATOR_KINDS = ("llm", "llama-cpp", "seq2seq")   # GPL query generators (training.gpl.generate)
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple[Any, ...] | None = None,
@@ -267,3 +268,53 @@ class SupervisedConfig(EmbedderConfig):
                 Path(self.eval_beir).resolve() == Path(self.data).resolve():
             raise ValueError(f"SupervisedConfig: evaluating on the training split {self.split!r} of {self.data}; "
                              "evaluate on another split (--eval-split test)")
+
+
+def _spec_parts(owner: str, spec: str, kinds: tuple[str, ...], example: str) -> tuple[str, str]:
+    """``KIND:MODEL`` split once at the first ``:``; ValueError unless KIND is one of ``kinds`` and MODEL is given."""
+    kind, _, model = spec.partition(":")
+    if kind not in kinds or not model.strip():
+        raise ValueError(f"{owner} must be {' or '.join(k + ':MODEL' for k in kinds)} (e.g. {example}), got {spec!r}")
+    return kind, model
+
+
+@dataclass(frozen=True, kw_only=True)
+class GPLConfig(CorpusConfig):
+    """GPL (Wang et al., NAACL 2022): generated queries, mined hard negatives, cross-encoder margins, MarginMSE."""
+
+    DEFAULTS: ClassVar[Mapping[str, Any]] = {"lr": 2e-5, "batch_size": 32}  # the paper's
+
+    max_words: int = option(200, "the generator reads the first N words of each document (title and text)", min=1)
+    max_sentences: int | None = option(None, "generate queries for the first N usable documents only "
+                                       "(negatives still come from the whole corpus)", min=1)
+    generator: str = option("llama-cpp:smollm2", "query generator: llama-cpp:GGUF_OR_ALIAS, llm:MODEL (transformers, "
+                            "or llm:http://HOST:PORT/v1#NAME for an OpenAI-compatible server), seq2seq:FOLDER "
+                            "(a doc2query T5)")
+    generator_convert: str = option("f16", "llama-cpp generators run a re-typed copy of the GGUF, cached once (f16 "
+                                    "takes the fast AVX2 kernels and avoids a crash of llama-cpp-python 0.3.36 on "
+                                    "the bundled Q4_1 file); none runs the file as shipped",
+                                    choices=("none", "f16", "q8_0", "f32"))
+    queries_per_doc: int = option(3, "queries generated per document (before filtering)", min=1)
+    max_query_tokens: int = option(48, "longest generated query, in tokens", min=1)
+    copy_threshold: float = option(0.75, "drop a query when this share of its word trigrams occurs in its "
+                                   "document (a near-copy; 1.0 drops only verbatim copies)", above=0, max=1)
+    negatives_from: str = option("both", "first stage that mines negatives: bm25, dense (the base model) or both",
+                                 choices=NEGATIVE_SOURCES)
+    num_negatives: int = option(3, "hard negatives per generated query; each makes one training triple", min=1)
+    negatives_depth: int = option(50, "negatives are sampled from the first stage's top-N (never the query's "
+                                  "own document)", min=1)
+    cross_encoder: str = option(help="teacher that labels the margins: cross-encoder:FOLDER_OR_NAME (e.g. "
+                                "OUT/model of retrieval train cross-encoder)")
+    label_batch_size: int = option(32, "(query, passage) pairs per teacher call", min=1)
+    label_max_seq_length: int = option(256, "teacher input length in tokens", min=2)
+    scale: float = option(1.0, "the student's score margin is multiplied by this before the MSE (1: MarginMSE)",
+                          above=0)
+    chunk_size: int = option(64, "documents (generation) or queries (labelling) per cached chunk; a killed run "
+                             "resumes after the last whole chunk", min=1, runtime=True)
+    max_seq_length: int = option(256, "query and passage length in tokens", min=2)
+
+    def validate(self) -> None:
+        super().validate()
+        _spec_parts(f"{type(self).__name__}.generator", self.generator, GENERATOR_KINDS, "llama-cpp:smollm2")
+        _spec_parts(f"{type(self).__name__}.cross_encoder", self.cross_encoder, ("cross-encoder",),
+                    "cross-encoder:runs/ce/model")

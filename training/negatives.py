@@ -59,10 +59,11 @@ def _ranked_ids(corpus: list[Document], texts: list[str], depth: int, first_stag
     return merged
 
 
-def mine_hard_negatives(corpus: list[Document], queries: dict[str, str], qrels: Qrels, num_negatives: int,
-                        depth: int, seed: int, show_progress: bool = True, first_stage: str = "bm25",
-                        model: str | None = None) -> list[TrainingGroup]:
-    """Group every judged positive with ``num_negatives`` passages sampled from the first stage's top-``depth``.
+def negative_ids(corpus: list[Document], queries: dict[str, str], qrels: Qrels, num_negatives: int, depth: int,
+                 seed: int, show_progress: bool = True, first_stage: str = "bm25",
+                 model: str | None = None) -> list[tuple[str, str, tuple[str, ...]]]:
+    """``(query id, positive id, negative ids)`` for every judged positive: ``num_negatives`` ids sampled from the
+    first stage's top-``depth`` (judged positives never; a short pool is filled with random corpus documents).
 
     ``first_stage`` is ``bm25``, ``dense`` (``model`` names the embedder to mine with) or ``both``. Queries
     without positives are skipped.
@@ -74,7 +75,7 @@ def mine_hard_negatives(corpus: list[Document], queries: dict[str, str], qrels: 
     qids = [q for q in queries if any(g > 0 for g in qrels.get(q, {}).values())]
     ranked = _ranked_ids(corpus, [queries[q] for q in qids], depth, first_stage, model, show_progress)
     rng = random.Random(seed)
-    groups: list[TrainingGroup] = []
+    rows: list[tuple[str, str, tuple[str, ...]]] = []
     for qid, ids in zip(qids, ranked):
         judged = {d for d, g in qrels[qid].items() if g > 0}
         positives = [d for d in sorted(judged) if d in by_id]
@@ -83,13 +84,23 @@ def mine_hard_negatives(corpus: list[Document], queries: dict[str, str], qrels: 
             chosen = rng.sample(pool, min(num_negatives, len(pool)))
             if len(chosen) < num_negatives:
                 chosen += _random_negatives(all_ids, judged | set(chosen), num_negatives - len(chosen), rng)
-            groups.append(TrainingGroup(queries[qid], by_id[pos].full_text,
-                                        tuple(by_id[d].full_text for d in chosen)))
-    if not groups:
+            rows.append((qid, pos, tuple(chosen)))
+    if not rows:
         raise ValueError("no training pairs: no query of the split has a judged positive in the corpus")
-    logger.info("mined %d groups of 1 positive + %d %s negatives for %d queries", len(groups), num_negatives,
+    logger.info("mined %d groups of 1 positive + %d %s negatives for %d queries", len(rows), num_negatives,
                 first_stage, len(qids))
-    return groups
+    return rows
+
+
+def mine_hard_negatives(corpus: list[Document], queries: dict[str, str], qrels: Qrels, num_negatives: int,
+                        depth: int, seed: int, show_progress: bool = True, first_stage: str = "bm25",
+                        model: str | None = None) -> list[TrainingGroup]:
+    """Group every judged positive with ``num_negatives`` passages sampled from the first stage's top-``depth``
+    (the texts of :func:`negative_ids`)."""
+    by_id = {d.id: d for d in corpus}
+    rows = negative_ids(corpus, queries, qrels, num_negatives, depth, seed, show_progress, first_stage, model)
+    return [TrainingGroup(queries[qid], by_id[pos].full_text, tuple(by_id[d].full_text for d in negs))
+            for qid, pos, negs in rows]
 
 
 def _random_negatives(ids: list[str], exclude: set[str], need: int, rng: random.Random) -> list[str]:

@@ -15,8 +15,8 @@ from typing import Any
 
 from retrieval.errors import MissingDependency
 
-from training.config import (CrossEncoderConfig, CTConfig, PairsConfig, RunConfig, SimCSEConfig, SupervisedConfig,
-                             TSDAEConfig)
+from training.config import (CrossEncoderConfig, CTConfig, GPLConfig, PairsConfig, RunConfig, SimCSEConfig,
+                             SupervisedConfig, TSDAEConfig)
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ OBJECTIVES: dict[str, Registered] = {
     "pairs": Registered(PairsConfig, "training.pairs", "title -> text or sentence -> document pairs, in-batch negatives"),
     "supervised": Registered(SupervisedConfig, "training.supervised",
                              "fine-tune an embedder on a BEIR split: in-batch + mined hard negatives"),
+    "gpl": Registered(GPLConfig, "training.gpl.margin_mse",
+                      "GPL: generated queries, mined negatives, cross-encoder margins, MarginMSE"),
     "cross-encoder": Registered(CrossEncoderConfig, "training.cross_encoder",
                                 "fine-tune a reranker on a BEIR split with BM25-mined hard negatives"),
 }

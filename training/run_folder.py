@@ -25,7 +25,8 @@ from training.registry import config_from_dict, config_to_dict
 CONFIG_FILE = "config.json"
 FORMAT_VERSION = 1
 # What a run writes into its folder; a folder holding anything else is not ours to write into.
-RUN_ENTRIES = frozenset({CONFIG_FILE, "checkpoints", "model", "metrics.json", "eval"})
+RUN_ENTRIES = frozenset({CONFIG_FILE, "checkpoints", "model", "metrics.json", "eval",
+                         "gpl"})  # gpl: the cached stages of a GPL run (training.gpl.cache)
 # The temporary files and folders of our atomic writes (``.model.tmp-*``, ``.step-0000500.old-*``,
 # ``.config.json.*``...) that a killed run leaves behind, in OUT, OUT/checkpoints and OUT/eval.
 LEFTOVER = re.compile(r"^\.(model|step-\d+|config\.json|metrics\.json|before\.trec|after\.trec)\.")

@@ -1,0 +1,319 @@
+"""GPL on a tiny corpus with tiny random models: the query filter, cached and resumable stages, training, the CLI."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sentence_transformers")
+
+from retrieval.errors import DataError  # noqa: E402
+from training import GPLConfig, run  # noqa: E402
+from training.gpl import pipeline  # noqa: E402
+from training.gpl.cache import Stage  # noqa: E402
+from training.gpl.filter import copy_overlap, filter_queries, normalise_query  # noqa: E402
+
+from helpers.tiny_generators import write_tiny_chat_lm, write_tiny_seq2seq  # noqa: E402
+from helpers.tiny_rerank_models import write_tiny_bert_cross_encoder  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = {
+    "d1": "mice cancer cells gene protein in the heart", "d2": "cancer protein cells cause disease in mice",
+    "d3": "heart disease protein rate and the gene", "d4": "paris tower built of iron in the city",
+    "d5": "river water city and the music of paris", "d6": "music song city in the river light",
+    "d7": "plants light energy from water and the river", "d8": "heart gene mice cells and the protein rate",
+    "d9": "water plants energy light in the city", "d10": "tower city music song built of iron",
+}
+QUERIES = {"q1": "what causes cancer in mice", "q2": "heart disease", "q3": "tower in paris"}
+QRELS = {"q1": {"d1": 1}, "q2": {"d3": 1}, "q3": {"d4": 1}}
+
+
+def write_beir(folder: Path) -> Path:
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text(
+        "".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n" for i, t in DOCS.items()), encoding="utf-8")
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in QUERIES.items()), encoding="utf-8")
+    rows = [f"{q}\t{d}\t{g}" for q, rels in QRELS.items() for d, g in rels.items()]
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> dict[str, str]:
+    from helpers.tiny_encoder import make_tiny_model
+
+    root = tmp_path_factory.mktemp("gpl-models")
+    return {"beir": str(write_beir(root / "beir")), "base": str(make_tiny_model(root / "bi")),
+            "teacher": "cross-encoder:" + str(write_tiny_bert_cross_encoder(root / "ce")),
+            "seq2seq": "seq2seq:" + str(write_tiny_seq2seq(root / "t5")),
+            "llm": "llm:" + str(write_tiny_chat_lm(root / "lm"))}
+
+
+def _config(models: dict[str, str], out: Path, **overrides) -> GPLConfig:
+    values = dict(corpus=models["beir"], out=str(out), base=models["base"], generator=models["seq2seq"],
+                  cross_encoder=models["teacher"], queries_per_doc=2, max_query_tokens=8, min_words=3,
+                  num_negatives=2, negatives_depth=5, negatives_from="bm25", chunk_size=3, batch_size=4,
+                  max_seq_length=32, label_max_seq_length=64, max_steps=4, show_progress=False, device="cpu")
+    return GPLConfig(**{**values, **overrides})
+
+
+class FakeGenerator:
+    """Per document: a good query, its repeat, an empty reply, a copy of the document, and an off-topic query."""
+
+    def __init__(self) -> None:
+        self.calls: list[str] = []
+
+    def generate(self, passage: str, n: int, seed: int) -> list[str]:
+        self.calls.append(passage)
+        first = passage.split()[0]
+        replies = [f"1. Query: \"why {first} matters\"", f"Why {first}  matters?", "  \n",
+                   " ".join(passage.split()[:4]), "what is the point"]
+        return replies[:n]
+
+
+def _fake_generator(monkeypatch) -> FakeGenerator:
+    fake = FakeGenerator()
+    monkeypatch.setattr(pipeline, "load_generator", lambda *a, **k: fake)
+    return fake
+
+
+# --- the filter -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("raw, expected", [('1. Query: "What causes cancer?"', "What causes cancer?"),
+                                           ("\n - mice   cells\nsecond line", "mice cells"),
+                                           ("Search query: heart rate", "heart rate"),
+                                           ("1.5 mg dose", "1.5 mg dose"), ("“”", ""),
+                                           ("What is X? It is Y.", "What is X?")])
+def test_normalise_query_keeps_one_clean_line(raw, expected) -> None:
+    assert normalise_query(raw) == expected
+
+
+def test_copy_overlap_counts_word_trigrams_found_in_the_document() -> None:
+    doc = "The mice were fed a diet rich in fat"
+    assert copy_overlap("mice were fed a diet", doc) == 1.0
+    assert copy_overlap("were mice fed a diet", doc) == pytest.approx(1 / 3)
+    assert copy_overlap("mice diet", doc) == 0.0          # under 3 words: never a copy
+
+
+def test_filter_counts_empty_duplicate_and_copied_queries() -> None:
+    raw = {"d1": ["What causes cancer in mice?", "what causes  cancer, in mice", "", "The mice were fed a diet"],
+           "d2": ["WHAT causes cancer in mice", "heart rate of mice", "What is the main finding of this study?"]}
+    docs = {"d1": "The mice were fed a diet rich in fat", "d2": "Heart rate"}
+    kept, counts = filter_queries(raw, docs, copy_threshold=0.75)
+    assert [(q.qid, q.doc, q.text) for q in kept] == [("d1-q0", "d1", "What causes cancer in mice?"),
+                                                     ("d2-q1", "d2", "heart rate of mice")]
+    assert counts.to_dict() == {"generated": 7, "kept": 2, "dropped": {"empty": 1, "duplicate_in_doc": 1,
+                                                                       "duplicate_global": 1, "copied": 1,
+                                                                       "off_topic": 1}}
+
+
+# --- config and CLI ---------------------------------------------------------------------------------
+
+def test_config_round_trips_and_refuses_bad_specs() -> None:
+    import argparse
+
+    from training.cli import add_train_command, config_from_args
+    from training.registry import config_from_dict, config_to_dict
+
+    parser = argparse.ArgumentParser()
+    add_train_command(parser.add_subparsers(dest="command"))
+    line = ("train gpl --corpus c --out o --generator llm:http://127.0.0.1:8080/v1#m --cross-encoder cross-encoder:ce "
+            "--queries-per-doc 5 --negatives-from dense --eval-beir b --eval-split test")
+    config = config_from_args(parser.parse_args(line.split()))
+    assert config == GPLConfig(corpus="c", out="o", generator="llm:http://127.0.0.1:8080/v1#m", queries_per_doc=5,
+                               cross_encoder="cross-encoder:ce", negatives_from="dense", eval_beir="b")
+    assert (config.lr, config.batch_size) == (2e-5, 32)
+    assert config_from_dict(json.loads(json.dumps(config_to_dict(config)))) == config
+    with pytest.raises(ValueError, match="cross_encoder must be cross-encoder:MODEL"):
+        GPLConfig(corpus="c", out="o", cross_encoder="llm-yesno:smollm2")
+    with pytest.raises(ValueError, match="generator must be"):
+        GPLConfig(corpus="c", out="o", cross_encoder="cross-encoder:ce", generator="t5:x")
+
+
+# --- cached stages ----------------------------------------------------------------------------------
+
+def test_each_stage_is_cached_with_its_counts_and_a_rerun_skips_it(models, tmp_path, monkeypatch) -> None:
+    fake = _fake_generator(monkeypatch)
+    config = _config(models, tmp_path / "run", queries_per_doc=5)
+    triples = pipeline.gpl_triples(config)
+    assert len(fake.calls) == len(DOCS)
+    manifest = json.loads((tmp_path / "run" / "gpl" / "queries" / "manifest.json").read_text())
+    # d8 starts with "heart" as d3 does: both its "why heart matters" are duplicates of d3's
+    assert manifest["stats"] == {"generated": 50, "kept": 9, "dropped": {"empty": 10, "duplicate_in_doc": 9,
+                                                                         "duplicate_global": 2, "copied": 10,
+                                                                         "off_topic": 10}}
+    assert len(triples) == 9 * 2 and "why mice matters" in {t.query for t in triples}
+    for stage in ("generate", "queries", "negatives", "labels"):
+        assert json.loads((tmp_path / "run" / "gpl" / stage / "manifest.json").read_text())["complete"]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a cached stage ran again")
+    for name in ("load_generator", "filter_queries", "mine_negatives", "load_teacher"):
+        monkeypatch.setattr(pipeline, name, refuse)
+    assert pipeline.gpl_triples(config) == triples
+
+
+def test_a_changed_setting_recomputes_its_stage_and_those_after_it(models, tmp_path, monkeypatch, caplog) -> None:
+    fake = _fake_generator(monkeypatch)
+    config = _config(models, tmp_path / "run", queries_per_doc=5)
+    pipeline.gpl_triples(config)
+    calls = len(fake.calls)
+    changed = dataclasses.replace(config, copy_threshold=1.0, num_negatives=1)
+    with caplog.at_level("WARNING", logger="training.gpl.cache"):
+        triples = pipeline.gpl_triples(changed)
+    assert len(fake.calls) == calls                                  # generation reused
+    assert "copy_threshold" in caplog.text and "num_negatives" in caplog.text
+    stats = json.loads((tmp_path / "run" / "gpl" / "queries" / "manifest.json").read_text())["stats"]
+    assert stats["dropped"]["copied"] == 10 and len(triples) == stats["kept"]   # verbatim copies; one negative each
+    pipeline.gpl_triples(dataclasses.replace(changed, queries_per_doc=2))
+    assert len(fake.calls) == calls + len(DOCS)                     # a generator setting regenerates
+
+
+def _stop_after(monkeypatch, chunks: int) -> None:
+    """Make the ``chunks``+1-th chunk write raise, as a kill between chunks would stop the stage."""
+    original, written = Stage.write_chunk, []
+
+    def write_chunk(self, start, end, rows):
+        if len(written) == chunks:
+            raise KeyboardInterrupt("killed")
+        written.append(start)
+        return original(self, start, end, rows)
+    monkeypatch.setattr(Stage, "write_chunk", write_chunk)
+
+
+@pytest.mark.parametrize("stage, before", [("generate", 2), ("labels", 1 + 4)])   # 4 generation chunks come first
+def test_a_stage_stopped_between_chunks_resumes_to_the_same_result(models, tmp_path, monkeypatch, stage, before):
+    reference = pipeline.gpl_triples(_config(models, tmp_path / "reference"))
+    config = _config(models, tmp_path / "run")
+    with monkeypatch.context() as m:
+        _stop_after(m, before)
+        with pytest.raises(KeyboardInterrupt):
+            pipeline.gpl_triples(config)
+    folder = tmp_path / "run" / "gpl" / stage
+    assert not json.loads((folder / "manifest.json").read_text())["complete"]
+    assert len(list(folder.glob("chunk-*.jsonl"))) == (2 if stage == "generate" else 1)
+    assert pipeline.gpl_triples(config) == reference
+    stats = json.loads((folder / "manifest.json").read_text())["stats"]
+    assert stats.get("resumed_at_document", stats.get("resumed_at_query")) == (6 if stage == "generate" else 3)
+
+
+def test_training_stopped_after_a_checkpoint_resumes_to_the_same_weights(models, tmp_path, monkeypatch) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    import training.trainer as trainer
+
+    config = _config(models, tmp_path / "run", max_steps=6, checkpoint_every=2, lr=1e-3)
+    straight = load_file(str(run(_config(models, tmp_path / "ref", max_steps=6, checkpoint_every=2, lr=1e-3))
+                             / "model.safetensors"))
+    original = trainer.save_checkpoint
+
+    def save_then_die(out, step, *args):
+        original(out, step, *args)
+        if step == 4:
+            raise KeyboardInterrupt("killed")
+    monkeypatch.setattr(trainer, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run(config)
+    monkeypatch.undo()
+    resumed = load_file(str(run(dataclasses.replace(config, resume=True)) / "model.safetensors"))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["resumed_from"] == 4 and metrics["objective"] == "gpl"
+    assert all(torch.allclose(resumed[k], straight[k], atol=1e-6) for k in straight)
+
+
+def test_a_damaged_cache_file_is_an_error_naming_its_line(models, tmp_path, monkeypatch) -> None:
+    _fake_generator(monkeypatch)
+    config = _config(models, tmp_path / "run")
+    pipeline.gpl_triples(config)
+    path = tmp_path / "run" / "gpl" / "queries" / "queries.jsonl"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join(lines[:1] + ['{"qid": "d2-q0", "doc"'] + lines[2:]) + "\n")
+    with pytest.raises(DataError, match=r"queries\.jsonl, line 2: malformed JSON"):
+        pipeline.gpl_triples(config)
+
+
+def test_the_llm_generator_runs_a_chat_model_greedily(models) -> None:
+    from training.gpl.generate import load_generator
+
+    generator = load_generator(models["llm"], max_tokens=6)
+    first = generator.generate("mice cancer cells gene", 2, seed=0)
+    assert len(first) == 2 and all(isinstance(q, str) for q in first)
+    assert generator.generate("mice cancer cells gene", 2, seed=1) == first   # greedy: the seed does not matter
+
+
+# --- the command --------------------------------------------------------------------------------------
+
+def _argv(models: dict[str, str], out: Path, *extra: str) -> list[str]:
+    return ["gpl", "--corpus", models["beir"], "--out", str(out), "--base", models["base"], "--generator",
+            models["seq2seq"], "--cross-encoder", models["teacher"], "--queries-per-doc", "2", "--negatives-from",
+            "both", "--negatives-depth", "5", "--num-negatives", "2", "--min-words", "3", "--max-query-tokens", "8",
+            "--chunk-size", "1", "--batch-size", "4", "--max-seq-length", "32", "--label-max-seq-length", "64",
+            "--max-steps", "30", "--checkpoint-every", "2", "--device", "cpu", "--threads", "1", "--no-progress",
+            *extra]
+
+
+def test_the_command_runs_gpl_and_evaluates_before_and_after(models, tmp_path, capsys) -> None:
+    from training.cli import main
+
+    assert main(_argv(models, tmp_path / "gpl", "--eval-beir", models["beir"], "--eval-split", "test")) == 0
+    assert f"model: {tmp_path / 'gpl' / 'model'}" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "gpl" / "metrics.json").read_text())
+    assert metrics["objective"] == "gpl" and metrics["steps"] == 30 and 0 <= metrics["after"]["nDCG@10"] <= 1
+    assert "p_value" in metrics["after_vs_before"]
+
+
+def test_a_bad_corpus_line_is_an_error_naming_the_file_and_line(models, tmp_path, capsys) -> None:
+    from training.cli import main
+
+    corpus = tmp_path / "docs.jsonl"
+    corpus.write_text('{"_id": "a", "text": "mice cancer cells gene"}\n{"_id": "b", "text": \n')
+    argv = _argv(models, tmp_path / "gpl")
+    argv[argv.index("--corpus") + 1] = str(corpus)
+    assert main(argv) == 2
+    assert f"{corpus}, line 2" in capsys.readouterr().err
+
+
+def test_a_killed_run_resumes_to_the_same_model(models, tmp_path) -> None:
+    """SIGKILL the whole command mid-generation, then rerun with --resume: the same queries, labels and weights."""
+    import torch
+    from safetensors.torch import load_file
+
+    from training.cli import main
+
+    assert main(_argv(models, tmp_path / "reference")) == 0
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    child = subprocess.Popen([sys.executable, "-m", "training", *_argv(models, out)], cwd=REPO, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list((out / "gpl" / "generate").glob("chunk-*")) and child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    child.send_signal(signal.SIGKILL)
+    assert child.wait() == -signal.SIGKILL and not (out / "model").exists()
+    assert main(_argv(models, out, "--resume")) == 0
+    for name in ("generate", "labels"):
+        rows = lambda folder: [p.read_text() for p in sorted((folder / "gpl" / name).glob("chunk-*"))]  # noqa: E731
+        assert "".join(rows(out)) == "".join(rows(tmp_path / "reference"))
+    resumed, straight = (load_file(str(f / "model" / "model.safetensors")) for f in (out, tmp_path / "reference"))
+    assert all(torch.allclose(resumed[k], straight[k], atol=1e-6) for k in straight)
+
+
+@pytest.mark.model
+def test_the_bundled_llm_writes_queries_for_a_real_document(scifact_docs) -> None:
+    pytest.importorskip("llama_cpp")
+    from training.gpl.generate import load_generator
+
+    doc = scifact_docs[0]
+    generator = load_generator("llama-cpp:smollm2", max_tokens=32, threads=1)   # 1 thread: no spinning on a busy CPU
+    replies = generator.generate(" ".join(doc.full_text.split()[:200]), 3, seed=0)
+    kept, counts = filter_queries({doc.id: replies}, {doc.id: doc.full_text})
+    assert counts.generated == 3 and counts.kept >= 1 and all(q.text for q in kept)

@@ -1,0 +1,132 @@
+"""Query generators for GPL's first stage: a passage in, ``n`` search queries out (raw; :mod:`.filter` cleans them).
+
+A generator is named by a spec, ``KIND:MODEL``:
+
+* ``llama-cpp:MODEL`` -- a GGUF file or alias (``smollm2``, the bundled SmolLM2-135M-Instruct) run by llama.cpp;
+* ``llm:MODEL`` -- a causal LM through transformers (alias, folder, ``.gguf``), or any OpenAI-compatible server
+  with ``llm:http://HOST:PORT/v1#MODEL_NAME``;
+* ``seq2seq:FOLDER`` -- a doc2query-style encoder-decoder (e.g. BeIR/query-gen-msmarco-t5-base-v1, the paper's
+  generator) that writes a query from the passage text alone, sampled as in GPL (top-k 25, top-p 0.95).
+
+Chat LLMs decode greedily (deterministic, so a resumed run writes the same queries), and are asked a different
+instruction for each of the ``n`` queries (a question, a keyword query, a claim, ...); with ``n`` larger than
+:data:`INSTRUCTIONS` the instructions repeat and the filter drops the repeats. Seq2seq sampling is seeded per
+document, so it too is independent of batching and resumes.
+"""
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+from retrieval.rerank.llm.prompts import Messages
+
+logger = logging.getLogger(__name__)
+
+SYSTEM = "You write search queries. Reply with the query only, on one line."
+INSTRUCTIONS = (
+    "Write a question that this passage answers.",
+    "Write a search query of 3 to 8 keywords that would find this passage.",
+    "Write one short sentence that states the main finding of this passage.",
+    "Write a question a researcher would type into a search engine to find this passage.",
+)
+TOP_K, TOP_P = 25, 0.95   # GPL's sampling for its T5 generator
+
+
+def query_prompt(passage: str, i: int) -> Messages:
+    """The chat prompt for the ``i``-th query of a passage (the instructions taken in turn)."""
+    instruction = INSTRUCTIONS[i % len(INSTRUCTIONS)]
+    return [{"role": "system", "content": SYSTEM},
+            {"role": "user", "content": f"Passage: {passage}\n\n{instruction}"}]
+
+
+class QueryGenerator(Protocol):
+    """Writes ``n`` raw queries for a passage; ``seed`` makes any sampling reproducible per document."""
+
+    def generate(self, passage: str, n: int, seed: int) -> list[str]: ...
+
+
+class LLMQueryGenerator:
+    """A chat LLM backend (:mod:`retrieval.rerank.llm.backends`) prompted once per query, greedy."""
+
+    def __init__(self, backend: Any, max_tokens: int = 48) -> None:
+        self.backend = backend
+        self.max_tokens = max_tokens
+
+    def generate(self, passage: str, n: int, seed: int) -> list[str]:
+        return [self.backend.complete(query_prompt(passage, i), self.max_tokens) for i in range(n)]
+
+
+class Seq2SeqQueryGenerator:
+    """A doc2query encoder-decoder through transformers, ``n`` sampled queries per passage."""
+
+    def __init__(self, model: Any, tokenizer: Any, max_tokens: int = 48, max_input_tokens: int = 512) -> None:
+        self.model, self.tokenizer = model.eval(), tokenizer
+        self.max_tokens, self.max_input_tokens = max_tokens, max_input_tokens
+
+    @classmethod
+    def from_pretrained(cls, folder: str, device: str = "cpu", **options: Any) -> "Seq2SeqQueryGenerator":
+        """Load a seq2seq model folder (or hub name, with internet) and its tokenizer."""
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        from retrieval.models import resolve_model
+
+        path = resolve_model(folder).path
+        model = AutoModelForSeq2SeqLM.from_pretrained(path).to(device)
+        return cls(model, AutoTokenizer.from_pretrained(path), **options)
+
+    def generate(self, passage: str, n: int, seed: int) -> list[str]:
+        import torch
+
+        batch = self.tokenizer([passage], return_tensors="pt", truncation=True, max_length=self.max_input_tokens)
+        batch = {k: v.to(self.model.device) for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = self.model.generate(**batch, do_sample=True, top_k=TOP_K, top_p=TOP_P, max_new_tokens=self.max_tokens,
+                                      num_return_sequences=n)
+        return self.tokenizer.batch_decode(out, skip_special_tokens=True)
+
+
+def document_seed(seed: int, doc_id: str) -> int:
+    """A per-document seed from the run's seed and the document id (independent of order and chunking)."""
+    return (seed * 1_000_003 + zlib.crc32(doc_id.encode("utf-8"))) % 2**31
+
+
+def load_generator(spec: str, max_tokens: int = 48, device: str = "cpu", threads: int | None = None,
+                   convert: str | None = "f16") -> QueryGenerator:
+    """The generator a spec names (see the module docstring); ``convert`` re-types a llama-cpp GGUF (None: as
+    shipped). ValueError for an unknown kind."""
+    from retrieval.rerank.llm.backends import load_backend
+
+    kind, _, model = spec.partition(":")
+    if kind == "seq2seq":
+        return Seq2SeqQueryGenerator.from_pretrained(model, device=device, max_tokens=max_tokens)
+    if kind == "llama-cpp":
+        options: dict[str, Any] = {"n_threads": threads} if threads else {}
+        return LLMQueryGenerator(load_backend(model, backend="llama-cpp", convert=convert, **options), max_tokens)
+    if kind == "llm":
+        is_http = model.startswith(("http://", "https://"))
+        return LLMQueryGenerator(load_backend(model, **({} if is_http else {"device": device})), max_tokens)
+    raise ValueError(f"generator {spec!r}: kind must be llama-cpp, llm or seq2seq")
+
+
+def generator_identity(spec: str) -> dict[str, Any]:
+    """What identifies a generator's outputs in a stage key: the spec, plus a fingerprint of local weights."""
+    from pathlib import Path
+
+    from retrieval.models import folder_fingerprint, model_spec
+
+    kind, _, model = spec.partition(":")
+    path = Path(model).expanduser()
+    if model_spec(model) is not None or not path.exists():
+        return {"spec": spec}
+    if path.is_file():
+        stat = path.stat()
+        return {"spec": spec, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    return {"spec": spec, "fingerprint": folder_fingerprint(path)}
+
+
+def passages_of(texts: Sequence[str], max_words: int) -> list[str]:
+    """Each text cut to its first ``max_words`` words (what the generator reads)."""
+    return [" ".join(t.split()[:max_words]) for t in texts]

@@ -1,0 +1,64 @@
+"""GPL's third stage: a cross-encoder teacher scores (query, positive) and (query, negative); margin = the difference.
+
+The teacher is any ``cross-encoder:`` spec :func:`retrieval.rerank.registry.load_reranker` accepts (a hub name
+such as cross-encoder/ms-marco-MiniLM-L-6-v2, the paper's teacher, or ``OUT/model`` of ``retrieval train
+cross-encoder``); its raw logits are the scores. Pseudo-labels are ``CE(q, pos) - CE(q, neg)`` per negative.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QueryScores:
+    """The teacher's score of a query's positive and of each of its negatives (in mining order)."""
+
+    qid: str
+    positive: float
+    negatives: tuple[float, ...]
+
+    def margins(self) -> list[float]:
+        """``CE(q, pos) - CE(q, neg)`` for each negative: the MarginMSE targets."""
+        return [self.positive - n for n in self.negatives]
+
+
+def load_teacher(spec: str, batch_size: int = 32, max_length: int = 256, device: str = "cpu") -> Any:
+    """The cross-encoder reranker a ``cross-encoder:`` spec names (other reranker kinds are refused)."""
+    from retrieval.rerank.cross_encoder import CrossEncoderReranker
+    from retrieval.rerank.registry import load_reranker
+
+    if spec.partition(":")[0] != "cross-encoder":
+        raise ValueError(f"the GPL teacher must be a cross-encoder:MODEL spec, got {spec!r}")
+    reranker = load_reranker(spec, batch_size=batch_size, max_length=max_length, device=device)
+    if not isinstance(reranker, CrossEncoderReranker):
+        raise ValueError(f"{spec!r} did not load a cross-encoder")
+    return reranker
+
+
+def score_pairs(teacher: Any, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    """Raw teacher logits for (query, passage) pairs, ``[len(pairs)]``."""
+    import torch
+
+    if not pairs:
+        return np.zeros(0, dtype=np.float32)
+    scores = teacher.model.predict(list(pairs), batch_size=teacher.batch_size, activation_fn=torch.nn.Identity(),
+                                   show_progress_bar=False)
+    return np.asarray(scores, dtype=np.float32).reshape(-1)
+
+
+def label_queries(teacher: Any, rows: Sequence[tuple[str, str, str, Sequence[str]]]) -> list[QueryScores]:
+    """Scores for ``(qid, query, positive text, negative texts)`` rows, all pairs sent to the teacher together."""
+    pairs = [(q, p) for _, q, pos, negs in rows for p in (pos, *negs)]
+    scores = score_pairs(teacher, pairs).tolist()
+    out, i = [], 0
+    for qid, _, _, negs in rows:
+        out.append(QueryScores(qid, float(scores[i]), tuple(float(s) for s in scores[i + 1:i + 1 + len(negs)])))
+        i += 1 + len(negs)
+    return out
