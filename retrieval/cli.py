@@ -26,6 +26,7 @@ from pathlib import Path
 
 from retrieval.bench.report import add_benchmark_command
 from retrieval.data import load_beir
+from retrieval.distributed.errors import ShardError
 from retrieval.errors import DataError, IndexFormatError, LLMError, MissingDependency
 from retrieval.eval.metrics import format_metrics
 from retrieval.eval.pipeline import evaluate_retriever
@@ -38,7 +39,8 @@ logger = logging.getLogger(__name__)
 # Optional packages -> the extra of retrievekit that installs them (for the hint when one is missing).
 EXTRAS = {"torch": "dense", "sentence_transformers": "dense", "faiss": "dense", "transformers": "llm",
           "accelerate": "llm", "gguf": "llm", "onnxruntime": "onnx", "onnx": "onnx", "matplotlib": "report",
-          "sklearn": "report", "mteb": "mteb", "rank_bm25": "reference", "datasets": "train"}
+          "sklearn": "report", "mteb": "mteb", "rank_bm25": "reference", "datasets": "train",
+          "ray": "ray"}
 # What reading a damaged file raises from the standard library, which names no file: what each means.
 READ_ERRORS = {EOFError: "truncated file", gzip.BadGzipFile: "not a valid gzip file", zlib.error: "damaged compressed data",
                csv.Error: "unreadable CSV/TSV", struct.error: "damaged binary data", UnicodeError: "bad text encoding"}
@@ -75,7 +77,7 @@ def install_hint(exc: ImportError, extra: str | None = None) -> str | None:
 
 def user_error_message(exc: BaseException, subject: str | None = None, extra: str | None = None) -> str | None:
     """The one-line message for an error caused by the input, or None when ``exc`` is a bug."""
-    if isinstance(exc, (DataError, IndexFormatError, MissingDependency, LLMError, UsageError)):
+    if isinstance(exc, (DataError, IndexFormatError, MissingDependency, LLMError, UsageError, ShardError)):
         return _first_line(exc)
     if isinstance(exc, re.error):
         where = f" at position {exc.pos}" if exc.pos is not None else ""
@@ -132,14 +134,31 @@ def _reranker(args: argparse.Namespace):
 
 
 def open_index(path: str | Path, args: argparse.Namespace) -> Retriever:
-    """``Retriever.load``; errors FAISS, numpy or json raise on a damaged file become an IndexFormatError naming it."""
+    """``Retriever.load``; errors FAISS, numpy or json raise on a damaged file become an IndexFormatError naming it.
+
+    A sharded index (built with ``index --ray``) opens as a ``ShardedRetriever``: here, or on ``--ray ADDRESS``.
+    """
     reranker = _reranker(args)   # loaded first: its errors are about --rerank, not the index
     try:
+        if _is_sharded(path):
+            if reranker is not None:
+                raise UsageError("--rerank does not apply to a sharded index")
+            from retrieval.distributed.search import ShardedRetriever
+
+            return ShardedRetriever.load(path, cluster=getattr(args, "ray", None))
         return Retriever.load(path, reranker=reranker, rerank_depth=args.rerank_depth)
     except (IndexFormatError, DataError, MissingDependency):
         raise
     except INDEX_LOAD_ERRORS as exc:
         raise IndexFormatError(f"{path}: damaged index ({type(exc).__name__}: {_first_line(exc)})") from exc
+
+
+def _is_sharded(path: str | Path) -> bool:
+    """True for a folder whose manifest says it is a sharded index."""
+    try:
+        return json.loads((Path(path) / "manifest.json").read_text(encoding="utf-8")).get("kind") == "sharded"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _print_hits(hits: list[Hit], width: int = 90) -> None:
@@ -154,6 +173,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     from retrieval.data import iter_documents
     from retrieval.persistence import check_index_target
 
+    if args.ray is not None:
+        return _index_on_ray(args)
     check_index_target(args.out)   # refuse a folder that is not an index before spending time building
     start = time.perf_counter()
     docs = iter_documents(args.docs, format=args.format, id_field=args.id_field,
@@ -162,6 +183,24 @@ def cmd_index(args: argparse.Namespace) -> int:
                                          **options_from_args(args))
     retriever.save(args.out)
     print(f"indexed {len(retriever)} documents with {args.method} in {time.perf_counter() - start:.1f}s -> {args.out}")
+    return 0
+
+
+def _index_on_ray(args: argparse.Namespace) -> int:
+    """``index --ray [ADDRESS] --shards N``: a sharded build on Ray (the file is read there, in blocks)."""
+    from retrieval.distributed.build import write_sharded
+    from retrieval.distributed.cluster import cluster_config
+    from retrieval.distributed.layout import read_layout
+
+    start = time.perf_counter()
+    cluster = cluster_config(args.ray, shards=args.shards, encode_actors=args.encode_actors,
+                             encode_gpus=args.encode_gpus)
+    write_sharded(args.docs, args.method, args.out, cluster=cluster, show_progress=not args.quiet,
+                  format=args.format, id_field=args.id_field, text_field=args.text_field,
+                  title_field=args.title_field or None, **options_from_args(args))
+    layout = read_layout(args.out, verify=False)
+    print(f"indexed {layout.n_docs} documents with {args.method} in {len(layout.shards)} shards on Ray in "
+          f"{time.perf_counter() - start:.1f}s -> {args.out}")
     return 0
 
 
@@ -302,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-field", default="text")
     p.add_argument("--title-field", default="title", help="title field ('' for none)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="build on Ray as a sharded index ('local' when no address; needs retrievekit[ray])")
+    p.add_argument("--shards", type=int, help="with --ray: shards to cut the collection into (default 2)")
+    p.add_argument("--encode-actors", type=int, help="with --ray: encoding actors (default 1)")
+    p.add_argument("--encode-gpus", type=float, help="with --ray: GPUs per encoding actor (default 0)")
     add_build_flags(p)
     p.set_defaults(func=cmd_index)
 
@@ -310,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("query")
     p.add_argument("-k", type=int, default=10, help="results to show")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--ray", metavar="ADDRESS", help="a sharded index: serve its shards on this Ray cluster")
     _add_rerank_flags(p)
     p.set_defaults(func=cmd_search)
 

@@ -7,7 +7,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,6 +21,9 @@ from retrieval.safe_files import FileTable, check_tree, file_table, verifying
 from retrieval.protocols import Reranker, RowHits, Searcher
 from retrieval.rwlock import ReadWriteLock
 from retrieval.types import Hit, Run
+
+if TYPE_CHECKING:
+    from retrieval.distributed.search import ShardedRetriever
 
 logger = logging.getLogger(__name__)
 
@@ -78,16 +81,27 @@ class Retriever:
     @classmethod
     def from_documents(cls, documents: str | Path | Iterable[Any], method: str = "bm25", *,
                        reranker: Reranker | None = None, rerank_depth: int = 100, show_progress: bool = True,
-                       config: Any = None, **options: Any) -> "Retriever":
+                       config: Any = None, cluster: Any = None, **options: Any) -> "Retriever | ShardedRetriever":
         """Index documents (a BEIR folder, a JSONL/CSV/TSV file, or an iterable of str/dict/Document).
 
         ``config`` is a stage config object (or a list of them: ``BM25Config``, ``TokenizerConfig``,
         ``EncoderConfig``, ``IndexConfig``, ``FusionConfig``, as the method takes). ``options`` are flat
         fields of those configs (``k1=``, ``tokenizer="plain"``, ``model=``, ``backend="onnx"``, ``index=``,
         ``fusion=``...), mapped by :data:`retrieval.options.METHOD_OPTIONS`; an unknown one raises ValueError.
+
+        ``cluster`` (a Ray address, ``"local"`` or a ``ClusterConfig``) builds on Ray instead and returns a
+        :class:`~retrieval.distributed.search.ShardedRetriever` (same search methods; ``shards=``, ``out=``
+        accepted): see :func:`retrieval.distributed.build.build_sharded`.
         """
         from retrieval.options import build_kwargs
 
+        if cluster is not None:
+            if reranker is not None:
+                raise ValueError("a sharded (cluster=) index takes no reranker; rerank its hits yourself")
+            from retrieval.distributed.build import build_sharded
+
+            return build_sharded(documents, method, cluster=cluster, show_progress=show_progress, config=config,
+                                 **options)
         searcher_cls = searcher_class(method)
         kwargs = build_kwargs(method, options, config, show_progress=show_progress)
         docs = list(iter_documents(documents))
