@@ -515,7 +515,8 @@ class BM25Index:
 
     # --- persistence: plain arrays, no pickle -------------------------------------------------
     def arrays(self) -> dict[str, np.ndarray]:
-        return {"tf_data": self.tf.data, "tf_indices": self.tf.indices, "tf_indptr": self.tf.indptr}
+        tf = self.tf   # assembled from the segments on each read: once
+        return {"tf_data": tf.data, "tf_indices": tf.indices, "tf_indptr": tf.indptr}
 
     def vocab_list(self) -> list[str]:
         terms = [""] * len(self.vocab)
