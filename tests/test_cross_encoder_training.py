@@ -12,6 +12,7 @@ import pytest
 pytest.importorskip("sentence_transformers")
 
 from retrieval.types import Document, Hit  # noqa: E402
+from helpers.tiny_beir import write_beir_folder  # noqa: E402
 from helpers.tiny_rerank_models import write_tiny_bert_cross_encoder  # noqa: E402
 from training import CrossEncoderConfig, run  # noqa: E402
 from training.checkpoints import checkpoint_dirs  # noqa: E402
@@ -28,15 +29,7 @@ QRELS = {"q1": {"d1": 1}, "q2": {"d3": 1}, "q3": {"d4": 1}, "q4": {"d7": 1, "d9"
 
 
 def write_beir(folder: Path, splits: tuple[str, ...] = ("train",)) -> Path:
-    (folder / "qrels").mkdir(parents=True)
-    (folder / "corpus.jsonl").write_text(
-        "".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n" for i, t in DOCS.items()), encoding="utf-8")
-    (folder / "queries.jsonl").write_text(
-        "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in QUERIES.items()), encoding="utf-8")
-    rows = [f"{q}\t{d}\t{g}" for q, rels in QRELS.items() for d, g in rels.items()]
-    for split in splits:
-        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
-    return folder
+    return write_beir_folder(folder, DOCS, QUERIES, QRELS, splits)
 
 
 def test_mined_negatives_are_never_judged_positives() -> None:

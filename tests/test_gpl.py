@@ -20,6 +20,7 @@ from training.gpl import pipeline  # noqa: E402
 from training.gpl.cache import Stage  # noqa: E402
 from training.gpl.filter import copy_overlap, filter_queries, normalise_query  # noqa: E402
 
+from helpers.tiny_beir import write_beir_folder  # noqa: E402
 from helpers.tiny_generators import write_tiny_chat_lm, write_tiny_seq2seq  # noqa: E402
 from helpers.tiny_rerank_models import write_tiny_bert_cross_encoder  # noqa: E402
 
@@ -36,14 +37,7 @@ QRELS = {"q1": {"d1": 1}, "q2": {"d3": 1}, "q3": {"d4": 1}}
 
 
 def write_beir(folder: Path) -> Path:
-    (folder / "qrels").mkdir(parents=True)
-    (folder / "corpus.jsonl").write_text(
-        "".join(json.dumps({"_id": i, "title": "", "text": t}) + "\n" for i, t in DOCS.items()), encoding="utf-8")
-    (folder / "queries.jsonl").write_text(
-        "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in QUERIES.items()), encoding="utf-8")
-    rows = [f"{q}\t{d}\t{g}" for q, rels in QRELS.items() for d, g in rels.items()]
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\n" + "\n".join(rows) + "\n")
-    return folder
+    return write_beir_folder(folder, DOCS, QUERIES, QRELS, ("test",))
 
 
 @pytest.fixture(scope="module")

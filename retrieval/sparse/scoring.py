@@ -253,12 +253,13 @@ class _Segment:
             m.data = self.weights    # in place: refreshes show through (the constructor may have copied)
         return m
 
-    def docs_by_term(self, local_docs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(term, doc) pairs of these local documents: O(segment postings), for removals."""
+    def terms_of(self, local_docs: np.ndarray) -> np.ndarray:
+        """The term of every posting of these local documents (one per distinct term per document): for removals,
+        O(segment postings)."""
         hit = np.zeros(self.n_docs, dtype=bool)
         hit[local_docs] = True
         entries = np.flatnonzero(hit[self.counts.indices])
-        return np.searchsorted(self.counts.indptr, entries, side="right") - 1, self.counts.indices[entries]
+        return np.searchsorted(self.counts.indptr, entries, side="right") - 1
 
     @staticmethod
     def merge(a: "_Segment", b: "_Segment") -> "_Segment":
@@ -460,7 +461,7 @@ class BM25Index:
             for i, seg in enumerate(self._segments):
                 local = physical[(physical >= start) & (physical < start + seg.n_docs)] - start
                 if local.size:
-                    terms, _ = seg.docs_by_term(local)
+                    terms = seg.terms_of(local)
                     df -= np.bincount(terms, minlength=len(df))[:len(df)]
                     total_len -= float(seg.doc_len[local].sum())
                     if not alive[start:start + seg.n_docs].mean() > 0.75:
