@@ -233,9 +233,10 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4.5))
     for (metric, title), ax in zip((("build_s", "build seconds"), ("peak_rss_mib", "peak RSS (MiB)"),
-                                    ("queries_per_s", "queries/s (batch, k=10)")), axes):
+                                    ("queries_per_s", "queries/s (batch, k=10)"),
+                                    ("p50_ms", "one-query p50 latency (ms)")), axes):
         for system in dict.fromkeys(r["system"] for r in rows):
             points = sorted((r["docs"], r.get(metric) or r.get(f"{metric}@ef64") or r.get(f"{metric}@nprobe32"))
                             for r in rows if r["system"] == system)
@@ -260,10 +261,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--dim", type=int, default=384)
     ap.add_argument("--no-save", action="store_true", help="skip bytes per document (saving the index)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "scale_curves.json"))
+    ap.add_argument("--plot-from", nargs="+", type=Path, default=None,
+                    help="only draw the PNG (next to --out) from the rows of these result files, e.g. one per size")
     ap.add_argument("--one", help=argparse.SUPPRESS)   # SYSTEM:SIZE, run in a child process
     args = ap.parse_args(argv)
     if args.one:
         child(args)
+        return None
+    if args.plot_from:
+        rows = [row for path in args.plot_from for row in json.loads(path.read_text(encoding="utf-8"))["rows"]]
+        plot(rows, Path(args.out).with_suffix(".png"))
         return None
     from retrieval.dense.cpu import cpu_flags
 
