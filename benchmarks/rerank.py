@@ -5,7 +5,8 @@
 
 With ``--time-budget`` (or ``--max-queries``) only a seeded random subset of queries is reranked; BM25 is
 then scored on the same subset so the comparison stays fair. Each reranked run (and each interpolation) gets a
-paired randomisation test of its per-query nDCG@10 against BM25's. Writes ``benchmarks/out/<name>.json`` and the
+paired randomisation test of its per-query nDCG@10 against BM25's. ``--sub-depth 20`` with ``--depth 100`` also
+scores BM25's top-20 from the same pass (exact for rerankers that score each passage on its own). Writes ``benchmarks/out/<name>.json`` and the
 runs (TREC format) to ``benchmarks/out/<name>-runs/``.
 """
 from __future__ import annotations
@@ -46,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0, help="order in which queries are reranked")
     parser.add_argument("--name", default=None, help="output name (default: from the reranker kind and depth)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out"), help="output folder")
+    parser.add_argument("--sub-depth", type=int, action="append", default=[],
+                        help="also report BM25's top-N (N < --depth) from the same pass, for rerankers whose score of "
+                             "a passage does not depend on the others (cross-encoder, pointwise, query likelihood)")
     parser.add_argument("--interpolate", type=float, action="append", default=[],
                         help="also score W*minmax(reranker)+(1-W)*minmax(BM25) from the same pass (repeatable)")
     return parser.parse_args(argv)
@@ -70,8 +74,16 @@ def main(argv: list[str] | None = None) -> dict:
 
     if args.interpolate and "interpolate" in options:
         raise SystemExit("--interpolate sweeps need the reranker's raw scores: drop --option interpolate=...")
+    if args.sub_depth and not getattr(reranker, "scores_each_passage", False):
+        raise SystemExit(f"--sub-depth needs a reranker that scores each passage on its own; {args.reranker!r} "
+                         "does not (a listwise window's order depends on all its passages): run each depth")
+    if any(not 0 < n < args.depth for n in args.sub_depth):
+        raise SystemExit(f"--sub-depth values must lie between 0 and --depth ({args.depth})")
     reranked, seconds = {}, 0.0
     fused: dict[float, dict] = {w: {} for w in args.interpolate}
+    subs: dict[int, dict[str, dict]] = {n: {"bm25": {}, "reranked": {}, **{f"interpolate-{w}": {}
+                                                                          for w in args.interpolate}}
+                                         for n in args.sub_depth}
     for qid, hits in zip(qids, first):
         if args.time_budget is not None and seconds >= args.time_budget:
             break
@@ -83,6 +95,14 @@ def main(argv: list[str] | None = None) -> dict:
         head = [h for h in out if h.extra.get("reranked")]
         for w in args.interpolate:
             fused[w][qid] = dict(zip((h.id for h in head), interpolate_first_stage([h.score for h in head], head, w)))
+        by_id = {h.id: h for h in head}
+        for n, runs_n in subs.items():   # the first-stage top-n, scored by the same pass
+            top = [by_id[h.id] for h in hits[:n]]
+            runs_n["bm25"][qid] = {h.id: h.score for h in hits[:n]}
+            runs_n["reranked"][qid] = {h.id: h.score for h in top}
+            for w in args.interpolate:
+                runs_n[f"interpolate-{w}"][qid] = dict(zip((h.id for h in top),
+                                                           interpolate_first_stage([h.score for h in top], top, w)))
     done = list(reranked)
     bm25_run = {q: {h.id: h.score for h in hits} for q, hits in zip(qids, first) if q in reranked}
     qrels = {q: dataset.qrels[q] for q in done}
@@ -101,6 +121,14 @@ def main(argv: list[str] | None = None) -> dict:
         "interpolated": {str(w): {m: round(v, 4) for m, v in evaluate(qrels, fused[w], k_values=(10,)).items()
                                   if m in METRICS} for w in args.interpolate},
         "vs_bm25_nDCG@10": significance,
+        "sub_depths": {str(n): {"bm25": {m: round(v, 4) for m, v in evaluate(qrels, runs_n["bm25"], k_values=(10,)).items()
+                                         if m in METRICS},
+                                **{name: {m: round(v, 4) for m, v in evaluate(qrels, run, k_values=(10,)).items()
+                                          if m in METRICS} for name, run in runs_n.items() if name != "bm25"},
+                                "vs_bm25_nDCG@10": {name: compare_runs(qrels, run, runs_n["bm25"]).to_dict()
+                                                    for name, run in runs_n.items()
+                                                    if name != "bm25" and len(done) >= 2}}
+                       for n, runs_n in subs.items()},
         # LLM rerankers: how the model answered (listwise: ids named; pointwise: mass on the answer tokens;
         # query likelihood: query tokens and their mean log-prob)
         "reply_stats": reranker.stats.to_dict() if hasattr(reranker, "stats") else None,
@@ -116,6 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
     (out.parent / f"{name}-runs").mkdir(exist_ok=True)
     for run_name, run in runs.items():
         write_trec_run(run, out.parent / f"{name}-runs" / f"{run_name}.trec", tag=run_name)
+    for n, runs_n in subs.items():
+        for run_name, run in runs_n.items():
+            write_trec_run(run, out.parent / f"{name}-runs" / f"top{n}-{run_name}.trec", tag=f"top{n}-{run_name}")
     print(f"{args.reranker} on BM25 top-{args.depth}, {len(done)}/{len(dataset.queries)} queries: "
           f"nDCG@10 {result['bm25']['nDCG@10']:.4f} -> {result['reranked']['nDCG@10']:.4f}, "
           f"{result['queries_per_s']} queries/s  ({out})")
@@ -123,6 +154,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"  interpolate={w}: nDCG@10 {metrics['nDCG@10']:.4f}")
     for run_name, test in significance.items():
         print(f"  {run_name} vs BM25: mean diff {test['mean_diff']:+.4f}, randomisation p = {test['p_value']:.4f}")
+    for n, block in result["sub_depths"].items():
+        print(f"  BM25 top-{n} from the same pass: nDCG@10 {block['bm25']['nDCG@10']:.4f} -> "
+              + ", ".join(f"{k} {v['nDCG@10']:.4f} (p {block['vs_bm25_nDCG@10'].get(k, {}).get('p_value', float('nan')):.4f})"
+                          for k, v in block.items() if k not in ("bm25", "vs_bm25_nDCG@10")))
     if result["reply_stats"]:
         print(f"  replies: {result['reply_stats']}")
     return result

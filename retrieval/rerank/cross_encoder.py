@@ -16,6 +16,8 @@ class CrossEncoderReranker:
     """Scores (query, passage) pairs with a sentence-transformers ``CrossEncoder``; score = raw logit
     (or, with ``interpolate=W``, the logits min-max fused with the first-stage scores)."""
 
+    scores_each_passage = True   # a passage's score does not depend on the others
+
     def __init__(self, model: Any, batch_size: int = 32, depth: int | None = None,
                  show_progress: bool = False, interpolate: float | None = None) -> None:
         if interpolate is not None and not 0.0 <= interpolate <= 1.0:

@@ -46,6 +46,8 @@ class ListwiseReranker(_LLMReranker):
     Scores are ``n - position`` of the final order (monotone; listwise rankers produce no calibrated score).
     """
 
+    scores_each_passage = False   # a window's order depends on every passage in it
+
     def __init__(self, backend: LLMBackend, window: int = 20, step: int = 10, max_tokens: int | None = None,
                  depth: int | None = None, max_passage_words: int | None = 60, show_progress: bool = False,
                  interpolate: float | None = None) -> None:

@@ -28,6 +28,7 @@ class _PointwiseReranker(_LLMReranker):
     ``from_probabilities(probs [n, n_choices]) -> scores [n]``.
     """
 
+    scores_each_passage = True   # a passage's score does not depend on the others (see benchmarks/rerank.py)
     choices: tuple[str, ...]
     build_messages: Callable[[str, str], Messages]
     from_probabilities: Callable[[np.ndarray], np.ndarray]

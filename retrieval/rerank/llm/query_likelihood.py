@@ -62,6 +62,8 @@ class QueryLikelihoodReranker(_LLMReranker):
     only in scale (which ``interpolate`` min-max normalises away). ``sum`` is the full log-likelihood.
     """
 
+    scores_each_passage = True   # a passage's score does not depend on the others
+
     def __init__(self, backend: LLMBackend, reduce: str = "mean", depth: int | None = None,
                  max_passage_words: int | None = 100, show_progress: bool = False,
                  interpolate: float | None = None) -> None:
