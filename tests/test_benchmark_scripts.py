@@ -1,25 +1,13 @@
 """The benchmark scripts' own logic on tiny inputs: outputs, runs and significance fields are written and consistent."""
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
+from helpers.bench_scripts import load_script
 from retrieval.eval.metrics import read_trec_run
 from retrieval.sample import sample_dir
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_rerank_benchmark_writes_runs_and_paired_tests(tmp_path):
@@ -71,6 +59,9 @@ def test_bm25_scale_scripts_run_small_and_check_themselves(tmp_path):
     rows = {r["system"]: r for r in curves["rows"]}
     assert rows["bm25-retrievekit"]["queries_per_s"] > 0 and rows["flat-faiss"]["bytes_per_doc"] >= 384 * 4
     assert (tmp_path / "s.png").stat().st_size > 0
+    assert load_script("scale_curves").main(["--plot-from", str(tmp_path / "s.json"), str(tmp_path / "s.json"),
+                                             "--out", str(tmp_path / "all.json")]) is None
+    assert (tmp_path / "all.png").stat().st_size > 0 and not (tmp_path / "all.json").exists()   # a plot, no rerun
 
 
 def test_bm25_indexing_script_compares_against_bm25s_and_checks_identity(tmp_path, scifact_dir):
@@ -79,3 +70,41 @@ def test_bm25_indexing_script_compares_against_bm25s_and_checks_identity(tmp_pat
     assert result["identical_index"] is True and result["documents"] == 5183
     assert set(result["docs_per_s"]) == {"retrievekit 1 process", "retrievekit 2 processes", "bm25s"}
     assert json.loads((tmp_path / "i.json").read_text())["ratio_vs_bm25s"]["bm25s"] == 1.0
+
+
+def test_adaptation_protocol_table_on_a_tiny_model(tmp_path):
+    """Supervised only and CT -> supervised as chains: rows, paired tests, reuse of a finished supervised run."""
+    pytest.importorskip("sentence_transformers")
+    from helpers.tiny_beir import write_beir_folder
+    from helpers.tiny_encoder import make_tiny_model
+    from test_cross_encoder_training import DOCS, QRELS, QUERIES
+
+    beir = write_beir_folder(tmp_path / "beir", DOCS, QUERIES, QRELS, splits=("train", "test"))
+    tiny = make_tiny_model(tmp_path / "tiny")
+    protocol = load_script("adaptation_protocol")
+    common = ["--data", str(beir), "--base", str(tiny), "--threads", "1", "--out", str(tmp_path),
+              "--x-option", "max_steps=2", "--x-option", "batch_size=4", "--x-option", "min_words=2",
+              "--x-option", "max_seq_length=16", "--x-option", "device=cpu",
+              "--supervised-option", "max_steps=2", "--supervised-option", "batch_size=3",
+              "--supervised-option", "max_seq_length=32", "--supervised-option", "negatives_depth=5",
+              "--supervised-option", "device=cpu"]
+    result = protocol.main(common + ["--work", str(tmp_path / "w1"), "--schedules", "ct", "--name", "p1"])
+    rows = {r["schedule"]: r for r in result["rows"]}
+    assert list(rows) == ["supervised", "ct"]          # the reference row always runs first
+    sup, ct = rows["supervised"], rows["ct"]
+    assert sup["x_alone_nDCG@10"] is None and 0 <= ct["x_alone_nDCG@10"] <= 1
+    assert ct["zero_shot_nDCG@10"] == sup["before_nDCG@10"]
+    for test in (sup["vs_zero_shot"], ct["vs_zero_shot"], ct["vs_supervised_only"]):
+        assert 0 < test["p_value"] <= 1 and test["n"] == len(QUERIES)
+    assert ct["steps"] == ["ct", "supervised"]
+    assert json.loads((tmp_path / "p1.json").read_text())["rows"][1]["schedule"] == "ct"
+    # a finished supervised run is reused, not retrained; one trained otherwise is refused
+    model = tmp_path / "w1" / "supervised" / "0-supervised"
+    again = protocol.main(common + ["--work", str(tmp_path / "w2"), "--schedules", "supervised", "--name", "p2",
+                                    "--supervised-run", str(model)])
+    assert again["rows"][0]["after_nDCG@10"] == sup["after_nDCG@10"]
+    stamp = (model / "model" / "model.safetensors").stat().st_mtime_ns
+    assert (tmp_path / "w2" / "supervised" / "0-supervised" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+    with pytest.raises(SystemExit, match="num_negatives"):
+        protocol.main(common + ["--work", str(tmp_path / "w3"), "--schedules", "supervised", "--name", "p3",
+                                "--supervised-run", str(model), "--supervised-option", "num_negatives=2"])

@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from pathlib import Path
 
 import pytest
 
+from helpers.bench_scripts import load_script
 from helpers.tiny_beir import write_beir_folder
 from helpers.tiny_generators import write_tiny_chat_lm
 from helpers.tiny_rerank_models import write_tiny_bert_cross_encoder
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
-import rerank as rerank_benchmark  # noqa: E402
+rerank_benchmark = load_script("rerank")
 
 TOPICS = "mice cancer cells protein gene heart disease tower paris iron plants light energy water river city".split()
 
