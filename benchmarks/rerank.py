@@ -97,6 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
             fused[w][qid] = dict(zip((h.id for h in head), interpolate_first_stage([h.score for h in head], head, w)))
         by_id = {h.id: h for h in head}
         for n, runs_n in subs.items():   # the first-stage top-n, scored by the same pass
+            if any(h.id not in by_id for h in hits[:n]):
+                raise SystemExit(f"--sub-depth {n}: the reranker scored fewer passages (its depth option?)")
             top = [by_id[h.id] for h in hits[:n]]
             runs_n["bm25"][qid] = {h.id: h.score for h in hits[:n]}
             runs_n["reranked"][qid] = {h.id: h.score for h in top}
