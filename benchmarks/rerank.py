@@ -55,6 +55,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def score_runs(qrels: dict, runs: dict[str, dict], paired: bool) -> dict:
+    """METRICS of each run (``runs["bm25"]`` included) and each non-BM25 run's paired test against BM25."""
+    scored: dict = {name: {m: round(v, 4) for m, v in evaluate(qrels, run, k_values=(10,)).items() if m in METRICS}
+                    for name, run in runs.items()}
+    scored["vs_bm25_nDCG@10"] = {name: compare_runs(qrels, run, runs["bm25"]).to_dict()
+                                 for name, run in runs.items() if name != "bm25" and paired}
+    return scored
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -123,14 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         "interpolated": {str(w): {m: round(v, 4) for m, v in evaluate(qrels, fused[w], k_values=(10,)).items()
                                   if m in METRICS} for w in args.interpolate},
         "vs_bm25_nDCG@10": significance,
-        "sub_depths": {str(n): {"bm25": {m: round(v, 4) for m, v in evaluate(qrels, runs_n["bm25"], k_values=(10,)).items()
-                                         if m in METRICS},
-                                **{name: {m: round(v, 4) for m, v in evaluate(qrels, run, k_values=(10,)).items()
-                                          if m in METRICS} for name, run in runs_n.items() if name != "bm25"},
-                                "vs_bm25_nDCG@10": {name: compare_runs(qrels, run, runs_n["bm25"]).to_dict()
-                                                    for name, run in runs_n.items()
-                                                    if name != "bm25" and len(done) >= 2}}
-                       for n, runs_n in subs.items()},
+        "sub_depths": {str(n): score_runs(qrels, runs_n, paired=len(done) >= 2) for n, runs_n in subs.items()},
         # LLM rerankers: how the model answered (listwise: ids named; pointwise: mass on the answer tokens;
         # query likelihood: query tokens and their mean log-prob)
         "reply_stats": reranker.stats.to_dict() if hasattr(reranker, "stats") else None,
