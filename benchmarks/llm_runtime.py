@@ -1,6 +1,10 @@
 """The bundled GGUF LLM through transformers (dequantised to fp32) and through llama.cpp, in the same run.
 
-    python benchmarks/llm_runtime.py --threads 1 --queries 4 --passages 10
+    python benchmarks/llm_runtime.py --threads 1 --queries 4 --passages 10 --llama-cpp f16 --llama-cpp q8_0:plain
+
+Each ``--llama-cpp`` names one llama.cpp variant: the weight type it runs (``f16``/``q8_0``: a re-typed copy,
+``none``: the file as shipped) and, after ``:plain``, plain CPU buffers (no AMX or repacked weights; the way
+quantised files run on AMX CPUs, where the extra buffers crash).
 
 Real SciFact prompts: for a few queries, BM25's top passages as yes/no prompts (every passage of a query shares
 the system prompt and the query, as in reranking) and as query-likelihood prompts. Per runtime, best of
@@ -54,7 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--passage-words", type=int, default=60)
     parser.add_argument("--gen-tokens", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--convert", default="f16", help="llama-cpp: run the GGUF re-typed to f16 or q8_0 (\"none\": as shipped)")
+    parser.add_argument("--llama-cpp", action="append", dest="variants", metavar="TYPE[:plain]",
+                        help="llama.cpp variant, repeatable: f16, q8_0 or none (as shipped), :plain for plain CPU "
+                             "buffers (default: f16)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "llm_runtime.json"))
     return parser.parse_args(argv)
@@ -95,16 +101,26 @@ def measure(backend, queries, passages, args, counts) -> dict:
             "scores": _softmax(np.asarray(logprobs))[:, 0].tolist()}
 
 
+def variant_options(variant: str) -> dict:
+    """``"q8_0:plain"`` -> the llama-cpp backend's ``convert`` and ``extra_buffers`` options."""
+    kind, _, buffers = variant.partition(":")
+    if kind not in ("f16", "q8_0", "f32", "none") or buffers not in ("", "plain"):
+        raise SystemExit(f"--llama-cpp {variant!r}: expected f16, q8_0, f32 or none, optionally followed by :plain")
+    return {"convert": None if kind == "none" else kind, "extra_buffers": buffers != "plain"}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    args.variants = args.variants or ["f16"]
     import torch
 
     torch.set_num_threads(args.threads)
     queries, passages = scifact_prompts(args)
     backends, load_s = {}, {}
-    for name, options in (("transformers", {"batch_size": args.passages}),
-                          ("llama-cpp", {"n_threads": args.threads, "convert": None if args.convert == "none" else args.convert})):
-        backends[name], load_s[name] = timed(lambda: load_backend(args.model, backend=name, **options))
+    runtimes = [("transformers", "transformers", {"batch_size": args.passages})]
+    runtimes += [(f"llama-cpp {v}", "llama-cpp", {"n_threads": args.threads} | variant_options(v)) for v in args.variants]
+    for name, kind, options in runtimes:
+        backends[name], load_s[name] = timed(lambda: load_backend(args.model, backend=kind, **options))
     hf = backends["transformers"]
     tokens = lambda m: len(hf.tokenizer(hf.render(m), add_special_tokens=False)["input_ids"])  # noqa: E731
     counts = {"yes_no": sum(tokens(yes_no_messages(q, p)) for q, ps in zip(queries, passages) for p in ps),
@@ -129,24 +145,32 @@ def best(rows: list[dict], key: str) -> float:
     return max(r[key] for r in rows)
 
 
-def summarise(args, runs, load_s, counts, queries, passages) -> dict:
-    hf_scores = np.array(runs["transformers"][-1]["scores"])
-    cpp_scores = np.array(runs["llama-cpp"][-1]["scores"])
-    n = args.passages
+def agreement(hf_scores: np.ndarray, cpp_scores: np.ndarray, n: int) -> dict:
+    """Largest yes/no score difference, and for how many queries the two rank the passages alike."""
     same_order = [bool(np.array_equal(np.argsort(-hf_scores[i:i + n], kind="stable"),
                                       np.argsort(-cpp_scores[i:i + n], kind="stable")))
                   for i in range(0, len(hf_scores), n)]
+    return {"max_abs_diff": float(np.max(np.abs(hf_scores - cpp_scores))), "queries_same_order": sum(same_order),
+            "of_queries": len(same_order)}
+
+
+def summarise(args, runs, load_s, counts, queries, passages) -> dict:
+    hf_scores = np.array(runs["transformers"][-1]["scores"])
+    variants = [name for name in runs if name != "transformers"]
     keys = ("yes_no_prompt_tokens_per_s", "ql_prompt_tokens_per_s", "generation_tokens_per_s")
     table = {name: {k: round(best(rows, k), 1) for k in keys} | {"load_s": round(load_s[name], 2)}
              for name, rows in runs.items()}
-    table["llama-cpp"]["yes_no_tokens_reused"] = runs["llama-cpp"][-1]["yes_no_tokens_reused"]
+    for name in variants:
+        table[name]["yes_no_tokens_reused"] = runs[name][-1]["yes_no_tokens_reused"]
     return {
-        "model": args.model, "convert": args.convert, "threads": args.threads, "queries": len(queries), "passages_per_query": args.passages,
+        "model": args.model, "llama_cpp_variants": args.variants, "threads": args.threads, "queries": len(queries),
+        "passages_per_query": args.passages,
         "passage_words": args.passage_words, "prompt_tokens": {"yes_no": counts["yes_no"], "ql": counts["ql"]},
         "runtimes": table,
-        "speedup_llama_cpp": {k: round(table["llama-cpp"][k] / table["transformers"][k], 2) for k in keys},
-        "yes_no_agreement": {"max_abs_diff": float(np.max(np.abs(hf_scores - cpp_scores))),
-                             "queries_same_order": sum(same_order), "of_queries": len(same_order)},
+        "speedup_vs_transformers": {name: {k: round(table[name][k] / table["transformers"][k], 2) for k in keys}
+                                    for name in variants},
+        "yes_no_agreement": {name: agreement(hf_scores, np.array(runs[name][-1]["scores"]), args.passages)
+                             for name in variants},
         "passes": runs, "cpu_flags": sorted(set(FLAGS) & cpu_flags()), "cpu": platform.processor() or platform.machine(),
         "load_average": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "command": "python benchmarks/llm_runtime.py " + " ".join(sys.argv[1:]),
@@ -154,13 +178,13 @@ def summarise(args, runs, load_s, counts, queries, passages) -> dict:
 
 
 def print_table(result: dict) -> None:
-    print(f"{'runtime':<14}{'yes/no prompt tok/s':>22}{'QL prompt tok/s':>18}{'generation tok/s':>18}{'load s':>8}")
+    print(f"{'runtime':<24}{'yes/no prompt tok/s':>22}{'QL prompt tok/s':>18}{'generation tok/s':>18}{'load s':>8}")
     for name, row in result["runtimes"].items():
-        print(f"{name:<14}{row['yes_no_prompt_tokens_per_s']:>22}{row['ql_prompt_tokens_per_s']:>18}"
+        print(f"{name:<24}{row['yes_no_prompt_tokens_per_s']:>22}{row['ql_prompt_tokens_per_s']:>18}"
               f"{row['generation_tokens_per_s']:>18}{row['load_s']:>8}")
-    print(f"llama.cpp / transformers: {result['speedup_llama_cpp']}")
-    print(f"yes/no agreement: {result['yes_no_agreement']}; CPU flags {result['cpu_flags']}; "
-          f"load average {result['load_average']}")
+    for name, ratios in result["speedup_vs_transformers"].items():
+        print(f"{name} / transformers: {ratios}; yes/no agreement {result['yes_no_agreement'][name]}")
+    print(f"CPU flags {result['cpu_flags']}; load average {result['load_average']}")
 
 
 if __name__ == "__main__":

@@ -171,6 +171,25 @@ def test_a_changed_setting_recomputes_its_stage_and_those_after_it(models, tmp_p
     assert len(fake.calls) == calls + len(DOCS)                     # a generator setting regenerates
 
 
+def test_plain_generator_buffers_reach_llama_cpp_and_key_the_generation_cache(models, tmp_path, monkeypatch) -> None:
+    fake, seen = FakeGenerator(), []
+
+    def load(*args, **kwargs):
+        seen.append(kwargs)
+        return fake
+    monkeypatch.setattr(pipeline, "load_generator", load)
+    config = _config(models, tmp_path / "run", generator="llama-cpp:smollm2", generator_convert="q8_0")
+    pipeline.gpl_triples(config)
+    key = json.loads((tmp_path / "run" / "gpl" / "generate" / "manifest.json").read_text())["key"]
+    assert "buffers" not in key and seen[-1]["extra_buffers"] is True   # the default keeps older caches valid
+    pipeline.gpl_triples(dataclasses.replace(config, generator_buffers="plain"))
+    assert len(seen) == 2 and seen[-1]["extra_buffers"] is False         # another runtime: generated again
+    key = json.loads((tmp_path / "run" / "gpl" / "generate" / "manifest.json").read_text())["key"]
+    assert key["buffers"] == "plain"
+    with pytest.raises(ValueError, match="generator_buffers"):
+        dataclasses.replace(config, generator_buffers="amx")
+
+
 def _stop_after(monkeypatch, chunks: int) -> None:
     """Make the ``chunks``+1-th chunk write raise, as a kill between chunks would stop the stage."""
     original, written = Stage.write_chunk, []

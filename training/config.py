@@ -294,6 +294,10 @@ class GPLConfig(CorpusConfig):
                                     "takes the fast AVX2 kernels and avoids a crash of llama-cpp-python 0.3.36 on "
                                     "the bundled Q4_1 file); none runs the file as shipped",
                                     choices=("none", "f16", "q8_0", "f32"))
+    generator_buffers: str = option("extra", "llama-cpp generators: extra keeps llama.cpp's AMX/repacked weight "
+                                    "buffers; plain runs quantised weights on the generic CPU kernels, which do not "
+                                    "crash on AMX CPUs and generate faster than F16 there (use with q8_0 or none)",
+                                    choices=("extra", "plain"))
     queries_per_doc: int = option(3, "queries generated per document (before filtering)", min=1)
     max_query_tokens: int = option(48, "longest generated query, in tokens", min=1)
     copy_threshold: float = option(0.75, "drop a query when this share of its word trigrams occurs in its "

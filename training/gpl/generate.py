@@ -94,9 +94,9 @@ def document_seed(seed: int, doc_id: str) -> int:
 
 
 def load_generator(spec: str, max_tokens: int = 48, device: str = "cpu", threads: int | None = None,
-                   convert: str | None = "f16") -> QueryGenerator:
+                   convert: str | None = "f16", extra_buffers: bool = True) -> QueryGenerator:
     """The generator a spec names (see the module docstring); ``convert`` re-types a llama-cpp GGUF (None: as
-    shipped). ValueError for an unknown kind."""
+    shipped) and ``extra_buffers=False`` runs it on plain CPU buffers. ValueError for an unknown kind."""
     from retrieval.rerank.llm.backends import load_backend
 
     kind, _, model = spec.partition(":")
@@ -104,7 +104,8 @@ def load_generator(spec: str, max_tokens: int = 48, device: str = "cpu", threads
         return Seq2SeqQueryGenerator.from_pretrained(model, device=device, max_tokens=max_tokens)
     if kind == "llama-cpp":
         options: dict[str, Any] = {"n_threads": threads} if threads else {}
-        return LLMQueryGenerator(load_backend(model, backend="llama-cpp", convert=convert, **options), max_tokens)
+        return LLMQueryGenerator(load_backend(model, backend="llama-cpp", convert=convert,
+                                              extra_buffers=extra_buffers, **options), max_tokens)
     if kind == "llm":
         is_http = model.startswith(("http://", "https://"))
         return LLMQueryGenerator(load_backend(model, **({} if is_http else {"device": device})), max_tokens)

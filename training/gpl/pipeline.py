@@ -92,13 +92,16 @@ def generate_stage(config: GPLConfig, root: Path, docs: Sequence[Document], devi
            "convert": config.generator_convert if config.generator.startswith("llama-cpp:") else None,
            "max_query_tokens": config.max_query_tokens, "seed": config.seed,
            "documents": digest([[d.id, p] for d, p in zip(docs, passages)])}
+    if config.generator.startswith("llama-cpp:") and config.generator_buffers != "extra":
+        key["buffers"] = config.generator_buffers     # only when set, so caches made before the option stay valid
     stage, started = Stage(root / "generate", key), time.perf_counter()
     if not stage.complete:
         resumed = stage.done_rows()
         if resumed:
             logger.info("generation: resuming at document %d of %d", resumed, len(docs))
         convert = None if config.generator_convert == "none" else config.generator_convert
-        generator = load_generator(config.generator, config.max_query_tokens, device, config.threads, convert)
+        generator = load_generator(config.generator, config.max_query_tokens, device, config.threads, convert,
+                                   extra_buffers=config.generator_buffers == "extra")
 
         def work(start: int, end: int) -> list[dict[str, Any]]:
             return [{"doc": docs[i].id, "queries": generator.generate(passages[i], config.queries_per_doc,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -44,6 +45,43 @@ class _Vocabulary:
         return list(self.llm.tokenize(text.encode("utf-8"), add_bos=add_special_tokens, special=False))
 
 
+_LOAD_LOCK = threading.Lock()
+
+
+def open_llama(path: str, extra_buffers: bool = True, **kwargs: Any) -> Any:
+    """``llama_cpp.Llama(model_path=path, **kwargs)``; ``extra_buffers=False`` keeps every weight in plain CPU memory.
+
+    llama.cpp moves quantised weights into "extra" buffer types by default: AMX tiles on Xeons that have them, and
+    repacked AVX layouts elsewhere. Its AMX path crashes on some files (llama.cpp #20824). Without the extra
+    buffers, the quantised weights run on the generic CPU kernels, which do not crash there. Those kernels are
+    slower at prompt processing than the repacked ones, but faster than F16 at generation.
+    ``llama_cpp.Llama`` takes no argument for this, so its default model parameters are swapped while it loads.
+    """
+    from llama_cpp import Llama
+
+    if extra_buffers:
+        return Llama(model_path=path, **kwargs)
+    import llama_cpp.llama as llama_module
+
+    native = llama_module.llama_cpp
+    if "use_extra_bufts" not in {name for name, *_ in native.llama_model_params._fields_}:
+        raise RuntimeError("extra_buffers=False needs a llama-cpp-python whose llama_model_params has "
+                           "use_extra_bufts; the installed one has none")
+    default = native.llama_model_default_params
+
+    def plain_buffers() -> Any:
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    with _LOAD_LOCK:
+        native.llama_model_default_params = plain_buffers
+        try:
+            return Llama(model_path=path, **kwargs)
+        finally:
+            native.llama_model_default_params = default
+
+
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     n = min(len(a), len(b))
     for i in range(n):
@@ -70,27 +108,32 @@ class LlamaCppLM:
 
     @classmethod
     def from_pretrained(cls, name: str = DEFAULT_LLM, *, max_length: int = 2048, n_threads: int | None = None,
-                        convert: str | None = None, **options: Any) -> "LlamaCppLM":
+                        convert: str | None = None, extra_buffers: bool = True, **options: Any) -> "LlamaCppLM":
         """Load an alias (``smollm2``) or a ``.gguf`` file; ``max_length`` is the context size in tokens.
 
         ``convert="f16"`` (or ``"q8_0"``) runs a copy of the weights in that type, written once to the cache
         folder (:func:`~retrieval.rerank.llm.gguf_convert.converted_gguf`): the bundled model's Q4_1 has no fast
         matrix kernel on AVX2 CPUs, F16 and Q8_0 have. ``None`` runs the file as shipped, unless llama.cpp crashes on
-        it on this CPU (probed once in a child process: :mod:`~retrieval.rerank.llm.gguf_probe`); then an F16 copy."""
+        it on this CPU (probed once in a child process: :mod:`~retrieval.rerank.llm.gguf_probe`); then an F16 copy.
+        ``extra_buffers=False`` runs quantised weights on llama.cpp's plain CPU kernels, without AMX or repacking
+        (:func:`open_llama`): on AMX CPUs that is how a Q8_0 or Q4_1 file runs at all, and it generates faster than F16."""
         try:
-            from llama_cpp import Llama
+            import llama_cpp  # noqa: F401
         except ImportError as exc:
             raise MissingDependency("backend='llama-cpp' needs: pip install 'retrievekit[llamacpp]'") from exc
         count("max_length", max_length, minimum=16)
         ref = resolve_model(name)
         if not ref.gguf_file:
             raise ValueError(f"backend='llama-cpp' needs a .gguf model; {name!r} resolves to the folder {ref.path}")
-        path = str(runnable_gguf(os.path.join(ref.path, ref.gguf_file), convert))   # never a file that crashes here
+        if not isinstance(extra_buffers, bool):
+            raise ValueError(f"extra_buffers must be True or False, got {extra_buffers!r}")
+        path = str(runnable_gguf(os.path.join(ref.path, ref.gguf_file), convert, extra_buffers))   # never one that crashes
         threads = count("n_threads", n_threads, minimum=1) if n_threads is not None else (os.cpu_count() or 1)
         n_batch = options.get("n_batch", 512)
-        llm = Llama(model_path=path, n_ctx=max_length, n_batch=max(n_batch, 1), n_ubatch=max(n_batch, 1),
-                    n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False)
-        logger.info("loaded %s with llama.cpp (%d threads, context %d)", path, threads, max_length)
+        llm = open_llama(path, extra_buffers, n_ctx=max_length, n_batch=max(n_batch, 1), n_ubatch=max(n_batch, 1),
+                         n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False)
+        logger.info("loaded %s with llama.cpp (%d threads, context %d%s)", path, threads, max_length,
+                    "" if extra_buffers else ", plain CPU buffers")
         return cls(llm, **options)
 
     def _chat_template(self) -> Any:
