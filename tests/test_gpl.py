@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("sentence_transformers")
@@ -188,6 +189,32 @@ def test_plain_generator_buffers_reach_llama_cpp_and_key_the_generation_cache(mo
     assert key["buffers"] == "plain"
     with pytest.raises(ValueError, match="generator_buffers"):
         dataclasses.replace(config, generator_buffers="amx")
+
+
+def test_fit_scale_fits_the_student_margins_to_the_teacher_once_and_resumes_with_it(models, tmp_path) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from training.gpl import margin_mse
+
+    config = _config(models, tmp_path / "run", fit_scale=True)
+    triples = pipeline.gpl_triples(config)
+    model = SentenceTransformer(models["base"], device="cpu")
+    objective = margin_mse.build(config, model, triples)
+    manifest = json.loads((tmp_path / "run" / "gpl" / "scale" / "manifest.json").read_text())
+    assert manifest["complete"] and manifest["stats"]["scale"] == objective.loss.scale > 0
+    q, pos, neg = (model.encode([getattr(t, f) for t in triples]) for f in ("query", "positive", "negative"))
+    student = (q * pos).sum(1) - (q * neg).sum(1)
+    teacher = np.array([t.margin for t in triples])
+    best = float(student @ teacher / (student @ student))            # the closed form, computed independently
+    assert objective.loss.scale == pytest.approx(best, rel=1e-4)
+    loss = lambda s: float(((s * student - teacher) ** 2).sum())    # noqa: E731
+    assert loss(best) <= min(loss(best * 0.9), loss(best * 1.1), loss(1.0))
+    assert margin_mse.build(config, model, triples).loss.scale == objective.loss.scale   # read back, not refitted
+    flipped = [dataclasses.replace(t, margin=-float(s) * 3) for t, s in zip(triples, student)]
+    with pytest.raises(ValueError, match="do not agree with the teacher"):
+        margin_mse.fitted_scale(model, flipped)
+    with pytest.raises(ValueError, match="scale or fit_scale"):
+        dataclasses.replace(config, scale=5.0)
 
 
 def _stop_after(monkeypatch, chunks: int) -> None:

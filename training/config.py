@@ -313,6 +313,9 @@ class GPLConfig(CorpusConfig):
     label_max_seq_length: int = option(256, "teacher input length in tokens", min=2)
     scale: float = option(1.0, "the student's score margin is multiplied by this before the MSE (1: MarginMSE)",
                           above=0)
+    fit_scale: bool = option(False, "choose --scale before training: the least-squares fit of the base model's "
+                             "margins to the teacher's on up to 1,000 training triples (a cosine student's margins "
+                             "are far smaller than a cross-encoder's logits)")
     chunk_size: int = option(64, "documents (generation) or queries (labelling) per cached chunk; a killed run "
                              "resumes after the last whole chunk", min=1, runtime=True)
     max_seq_length: int = option(256, "query and passage length in tokens", min=2)
@@ -322,3 +325,5 @@ class GPLConfig(CorpusConfig):
         _spec_parts(f"{type(self).__name__}.generator", self.generator, GENERATOR_KINDS, "llama-cpp:smollm2")
         _spec_parts(f"{type(self).__name__}.cross_encoder", self.cross_encoder, ("cross-encoder",),
                     "cross-encoder:runs/ce/model")
+        if self.fit_scale and self.scale != 1.0:
+            raise ValueError(f"{type(self).__name__}: give scale or fit_scale, not both (scale={self.scale})")

@@ -20,20 +20,27 @@ Usage::
 
 Defaults: the paper's lr 2e-5 and batch size 32, 3 queries per document, negatives from BM25 and the base model
 (the paper mined with two dense retrievers, top 50), dot-product student scores (cosine for a normalised model).
+The paper's students score with an unnormalised dot product, whose margins are on a cross-encoder's logit scale;
+a normalised student's margins lie within [-2, 2], so ``fit_scale`` multiplies them by the least-squares fit of
+the base model's margins to the teacher's, measured once on the training triples and cached in ``OUT/gpl/scale``.
 """
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from sentence_transformers import SentenceTransformer
 from torch import nn
 
 from training.bi_encoder import BI_ENCODER
 from training.config import GPLConfig
-from training.gpl.pipeline import MarginTriple, gpl_triples
+from training.gpl.cache import Stage, digest
+from training.gpl.pipeline import MarginTriple, gpl_triples, model_identity
 from training.objective import Batch
 
 logger = logging.getLogger(__name__)
@@ -78,5 +85,38 @@ def training_items(config: GPLConfig) -> list[MarginTriple]:
     return gpl_triples(config, pick_device(config.device))
 
 
+FIT_SAMPLE = 1000   # triples the scale is fitted on
+
+
+def fitted_scale(model: SentenceTransformer, triples: Sequence[MarginTriple], limit: int = FIT_SAMPLE,
+                 batch_size: int = 32) -> dict[str, float]:
+    """``s`` minimising ``sum (s * student margin - teacher margin)^2`` over up to ``limit`` triples (a seeded
+    sample), with the correlation of the two margins. ValueError when they do not agree in sign on average."""
+    sample = list(triples) if len(triples) <= limit else random.Random(0).sample(list(triples), limit)
+
+    def embed(texts: list[str]) -> np.ndarray:
+        return model.encode(texts, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False).astype(np.float64)
+
+    q, pos, neg = (embed([getattr(t, field) for t in sample]) for field in ("query", "positive", "negative"))
+    student = (q * pos).sum(1) - (q * neg).sum(1)
+    teacher = np.array([t.margin for t in sample], dtype=np.float64)
+    fit = float(student @ teacher)
+    if fit <= 0 or not np.any(student):
+        raise ValueError(f"fit_scale: on {len(sample)} training triples the base model's margins do not agree with "
+                         "the teacher's (no positive scale fits); check the teacher, or give --scale")
+    correlation = float(np.corrcoef(student, teacher)[0, 1]) if len(sample) > 1 else float("nan")
+    return {"scale": fit / float(student @ student), "correlation": correlation, "triples": len(sample)}
+
+
 def build(config: GPLConfig, model: SentenceTransformer, items: list[MarginTriple]) -> MarginMSE:
-    return MarginMSE(model, scale=config.scale)
+    if not config.fit_scale:
+        return MarginMSE(model, scale=config.scale)
+    key = {"triples": digest([[t.query, t.positive, t.negative, t.margin] for t in items]),
+           "base": model_identity(config.base), "sample": FIT_SAMPLE, "max_seq_length": config.max_seq_length}
+    stage = Stage(Path(config.out) / "gpl" / "scale", key)    # fitted once: a resumed run trains with the same scale
+    if not stage.complete:
+        stage.finish(fitted_scale(model, items))
+    stats = stage.stats
+    logger.info("GPL: student margins scaled by %.3f (fitted on %d triples; correlation with the teacher %.3f)",
+                stats["scale"], stats["triples"], stats["correlation"])
+    return MarginMSE(model, scale=float(stats["scale"]))
