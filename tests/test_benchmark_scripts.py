@@ -108,3 +108,30 @@ def test_adaptation_protocol_table_on_a_tiny_model(tmp_path):
     with pytest.raises(SystemExit, match="num_negatives"):
         protocol.main(common + ["--work", str(tmp_path / "w3"), "--schedules", "supervised", "--name", "p3",
                                 "--supervised-run", str(model), "--supervised-option", "num_negatives=2"])
+
+
+def test_llm_runtime_parses_variants_and_summarises_each_against_transformers():
+    import argparse
+
+    import numpy as np
+
+    runtime = load_script("llm_runtime")
+    assert runtime.variant_options("q8_0:plain") == {"convert": "q8_0", "extra_buffers": False}
+    assert runtime.variant_options("none") == {"convert": None, "extra_buffers": True}
+    for bad in ("q4_k", "f16:amx", "plain"):
+        with pytest.raises(SystemExit, match="expected f16, q8_0, f32 or none"):
+            runtime.variant_options(bad)
+    # two queries of 2 passages; the plain variant swaps the order of the second query's passages
+    row = lambda speed, scores: {"yes_no_prompt_tokens_per_s": speed, "ql_prompt_tokens_per_s": speed,  # noqa: E731
+                                 "generation_tokens_per_s": speed, "yes_no_tokens_reused": 0, "scores": scores}
+    runs = {"transformers": [row(100.0, [0.9, 0.1, 0.2, 0.3])],
+            "llama-cpp f16": [row(50.0, [0.9, 0.1, 0.2, 0.3]), row(300.0, [0.9, 0.1, 0.2, 0.3])],
+            "llama-cpp q8_0:plain": [row(200.0, [0.9, 0.1, 0.3, 0.2])]}
+    args = argparse.Namespace(model="m", variants=["f16", "q8_0:plain"], threads=1, passages=2, passage_words=60)
+    result = runtime.summarise(args, runs, {name: 1.0 for name in runs}, {"yes_no": 10, "ql": 10}, ["a", "b"], [])
+    assert result["speedup_vs_transformers"]["llama-cpp f16"]["generation_tokens_per_s"] == 3.0   # best of passes
+    assert result["speedup_vs_transformers"]["llama-cpp q8_0:plain"]["yes_no_prompt_tokens_per_s"] == 2.0
+    assert result["yes_no_agreement"]["llama-cpp f16"] == {"max_abs_diff": 0.0, "queries_same_order": 2, "of_queries": 2}
+    plain = result["yes_no_agreement"]["llama-cpp q8_0:plain"]
+    assert plain["queries_same_order"] == 1 and plain["max_abs_diff"] == pytest.approx(0.1)
+    assert np.isfinite(result["load_average"]).all()

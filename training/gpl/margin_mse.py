@@ -91,7 +91,7 @@ FIT_SAMPLE = 1000   # triples the scale is fitted on
 def fitted_scale(model: SentenceTransformer, triples: Sequence[MarginTriple], limit: int = FIT_SAMPLE,
                  batch_size: int = 32) -> dict[str, float]:
     """``s`` minimising ``sum (s * student margin - teacher margin)^2`` over up to ``limit`` triples (a seeded
-    sample), with the correlation of the two margins. ValueError when they do not agree in sign on average."""
+    sample), with the correlation of the two margins (None where undefined). ValueError when no positive ``s`` fits."""
     sample = list(triples) if len(triples) <= limit else random.Random(0).sample(list(triples), limit)
 
     def embed(texts: list[str]) -> np.ndarray:
@@ -104,7 +104,9 @@ def fitted_scale(model: SentenceTransformer, triples: Sequence[MarginTriple], li
     if fit <= 0 or not np.any(student):
         raise ValueError(f"fit_scale: on {len(sample)} training triples the base model's margins do not agree with "
                          "the teacher's (no positive scale fits); check the teacher, or give --scale")
-    correlation = float(np.corrcoef(student, teacher)[0, 1]) if len(sample) > 1 else float("nan")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = float(np.corrcoef(student, teacher)[0, 1]) if len(sample) > 1 else float("nan")
+    correlation = r if np.isfinite(r) else None    # JSON has no NaN (one triple, or a constant margin)
     return {"scale": fit / float(student @ student), "correlation": correlation, "triples": len(sample)}
 
 
@@ -117,6 +119,6 @@ def build(config: GPLConfig, model: SentenceTransformer, items: list[MarginTripl
     if not stage.complete:
         stage.finish(fitted_scale(model, items))
     stats = stage.stats
-    logger.info("GPL: student margins scaled by %.3f (fitted on %d triples; correlation with the teacher %.3f)",
+    logger.info("GPL: student margins scaled by %.3f (fitted on %d triples; correlation with the teacher %s)",
                 stats["scale"], stats["triples"], stats["correlation"])
     return MarginMSE(model, scale=float(stats["scale"]))
