@@ -60,7 +60,8 @@ def open_llama(path: str, extra_buffers: bool = True, **kwargs: Any) -> Any:
     from llama_cpp import Llama
 
     if extra_buffers:
-        return Llama(model_path=path, **kwargs)
+        with _LOAD_LOCK:    # never while another thread has the defaults swapped
+            return Llama(model_path=path, **kwargs)
     import llama_cpp.llama as llama_module
 
     native = llama_module.llama_cpp
