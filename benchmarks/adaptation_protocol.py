@@ -32,6 +32,7 @@ from retrieval.data import load_beir  # noqa: E402
 from retrieval.datasets import data_dir  # noqa: E402
 from retrieval.eval.metrics import read_trec_run  # noqa: E402
 from retrieval.eval.significance import compare_runs  # noqa: E402
+from retrieval.rerank.registry import parse_option  # noqa: E402
 from training.chain import chain_configs, run_chain  # noqa: E402
 
 logger = logging.getLogger("adaptation_protocol")
@@ -61,17 +62,6 @@ def chain_spec(schedule: str, scifact: Path, args: argparse.Namespace) -> dict:
                  "seed": args.seed, "show_progress": False, **dict(args.x_option)}
         steps.insert(0, first)
     return {"out": str(args.work / schedule), "base": args.base, "steps": steps}
-
-
-def key_value(text: str) -> tuple[str, object]:
-    """``KEY=VALUE`` with VALUE read as JSON where it parses (numbers, true/false), else as a string."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
 
 
 def check_same_settings(folder: Path, config: Any) -> None:
@@ -124,9 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--supervised-run", type=Path, default=None,
                     help="an existing supervised run folder to use as the supervised-only row")
     ap.add_argument("--base", default="minilm", help="the starting model of every schedule")
-    ap.add_argument("--x-option", type=key_value, action="append", default=[],
+    ap.add_argument("--x-option", type=parse_option, action="append", default=[],
                     help="KEY=VALUE for every unsupervised step (a config field, e.g. max_steps=40)")
-    ap.add_argument("--supervised-option", type=key_value, action="append", default=[],
+    ap.add_argument("--supervised-option", type=parse_option, action="append", default=[],
                     help="KEY=VALUE for every supervised step (a config field)")
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)

@@ -55,13 +55,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def metrics_of(qrels: dict, run: dict) -> dict:
+    """The METRICS of one run, rounded to 4 decimals."""
+    return {m: round(v, 4) for m, v in evaluate(qrels, run, k_values=(10,)).items() if m in METRICS}
+
+
+def paired_tests(qrels: dict, runs: dict[str, dict], paired: bool) -> dict:
+    """Each non-BM25 run's paired randomisation test against ``runs["bm25"]`` (none when ``paired`` is False)."""
+    return {name: compare_runs(qrels, run, runs["bm25"]).to_dict()
+            for name, run in runs.items() if name != "bm25" and paired}
+
+
 def score_runs(qrels: dict, runs: dict[str, dict], paired: bool) -> dict:
     """METRICS of each run (``runs["bm25"]`` included) and each non-BM25 run's paired test against BM25."""
-    scored: dict = {name: {m: round(v, 4) for m, v in evaluate(qrels, run, k_values=(10,)).items() if m in METRICS}
-                    for name, run in runs.items()}
-    scored["vs_bm25_nDCG@10"] = {name: compare_runs(qrels, run, runs["bm25"]).to_dict()
-                                 for name, run in runs.items() if name != "bm25" and paired}
-    return scored
+    return {name: metrics_of(qrels, run) for name, run in runs.items()} | {
+        "vs_bm25_nDCG@10": paired_tests(qrels, runs, paired)}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -120,8 +128,7 @@ def main(argv: list[str] | None = None) -> dict:
     before = evaluate(qrels, bm25_run, k_values=(10, args.depth))
     after = evaluate(qrels, reranked, k_values=(10, args.depth))
     runs = {"bm25": bm25_run, "reranked": reranked, **{f"interpolate-{w}": fused[w] for w in args.interpolate}}
-    significance = {name: compare_runs(qrels, run, bm25_run).to_dict()
-                    for name, run in runs.items() if name != "bm25" and len(done) >= 2}
+    significance = paired_tests(qrels, runs, paired=len(done) >= 2)
     result = {
         "dataset": args.dataset, "split": args.split, "reranker": args.reranker, "options": options,
         "settings": describe(reranker), "depth": args.depth, "queries": len(done), "of_queries": len(dataset.queries),
@@ -129,8 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
         "queries_per_s": round(len(done) / seconds, 4) if seconds else None,
         "bm25": {m: round(before[m], 4) for m in (*METRICS, f"Recall@{args.depth}")},
         "reranked": {m: round(after[m], 4) for m in (*METRICS, f"Recall@{args.depth}")},
-        "interpolated": {str(w): {m: round(v, 4) for m, v in evaluate(qrels, fused[w], k_values=(10,)).items()
-                                  if m in METRICS} for w in args.interpolate},
+        "interpolated": {str(w): metrics_of(qrels, fused[w]) for w in args.interpolate},
         "vs_bm25_nDCG@10": significance,
         "sub_depths": {str(n): score_runs(qrels, runs_n, paired=len(done) >= 2) for n, runs_n in subs.items()},
         # LLM rerankers: how the model answered (listwise: ids named; pointwise: mass on the answer tokens;
