@@ -69,6 +69,23 @@ def test_query_likelihood_checks_its_backend_and_options() -> None:
         QueryLikelihoodReranker(ChoicesOnly())
     with pytest.raises(ValueError, match="interpolate"):
         QueryLikelihoodReranker(ScriptedQL(), interpolate=1.5)
+    with pytest.raises(ValueError, match="instruction is empty"):
+        QueryLikelihoodReranker(ScriptedQL(), instruction="  ")
+
+
+def test_query_likelihood_instruction_is_the_last_line_of_every_prompt() -> None:
+    """A custom instruction (e.g. for claims rather than questions) replaces UPR's, in every passage's prompt."""
+    backend = ScriptedQL()
+    claim = "Please write a claim that this passage supports."
+    reranker = load_reranker("llm-ql:http://127.0.0.1:9/v1#m", instruction=claim)
+    assert reranker.instruction == claim
+    reranker = QueryLikelihoodReranker(backend, instruction=claim)
+    reranker.rerank("a claim", _hits())
+    assert len(backend.seen) == len(LIKELIHOOD)
+    for messages, _ in backend.seen:
+        assert messages[-1]["content"].endswith("\n\n" + claim)
+        assert "Please write a question" not in messages[-1]["content"]
+    assert backend.seen[0][0] == query_likelihood_messages("alpha passage", claim)
 
 
 def test_load_reranker_builds_llm_ql_without_touching_the_network() -> None:

@@ -17,6 +17,7 @@ RATING_CHOICES = ("0", "1", "2", "3", "4", "5")
 
 JUDGE_SYSTEM = "You are a search relevance judge. You answer with one word, without explanation."
 QL_SYSTEM = "You write the search question a passage answers."
+QL_INSTRUCTION = "Please write a question based on this passage."   # UPR's (Sachan et al. 2022)
 RANKGPT_SYSTEM = ("You are RankGPT, an intelligent assistant that can rank passages based on their "
                   "relevancy to the query.")
 
@@ -57,9 +58,12 @@ def listwise_messages(query: str, passages: Sequence[str]) -> Messages:
     return [{"role": "system", "content": RANKGPT_SYSTEM}, {"role": "user", "content": user}]
 
 
-def query_likelihood_messages(passage: str) -> Messages:
-    """UPR's instruction (Sachan et al. 2022): the score is log P(query | passage, instruction), query as the reply."""
-    user = f"Passage: {passage}\n\nPlease write a question based on this passage."
+def query_likelihood_messages(passage: str, instruction: str = QL_INSTRUCTION) -> Messages:
+    """The passage, then the instruction (UPR's by default); the score is log P(query | passage, instruction), the
+    query read as the reply. Another instruction fits queries that are not questions (e.g. SciFact's claims)."""
+    if not instruction.strip():
+        raise ValueError("the query-likelihood instruction is empty")
+    user = f"Passage: {passage}\n\n{instruction.strip()}"
     return [{"role": "system", "content": QL_SYSTEM}, {"role": "user", "content": user}]
 
 

@@ -23,7 +23,7 @@ import numpy as np
 
 from retrieval.rerank.llm.backends import LLMBackend
 from retrieval.rerank.llm.base import _LLMReranker
-from retrieval.rerank.llm.prompts import query_likelihood_messages
+from retrieval.rerank.llm.prompts import QL_INSTRUCTION, query_likelihood_messages
 from retrieval.types import Hit
 
 REDUCTIONS = ("mean", "sum")
@@ -66,21 +66,23 @@ class QueryLikelihoodReranker(_LLMReranker):
 
     def __init__(self, backend: LLMBackend, reduce: str = "mean", depth: int | None = None,
                  max_passage_words: int | None = 100, show_progress: bool = False,
-                 interpolate: float | None = None) -> None:
+                 interpolate: float | None = None, instruction: str = QL_INSTRUCTION) -> None:
         if reduce not in REDUCTIONS:
             raise ValueError(f"reduce must be one of {REDUCTIONS}, got {reduce!r}")
         if not callable(getattr(backend, "continuation_logprobs", None)):
             raise ValueError(f"{type(backend).__name__} cannot score a continuation (no continuation_logprobs)")
         super().__init__(backend, depth=depth, max_passage_words=max_passage_words, show_progress=show_progress,
                          interpolate=interpolate)
+        query_likelihood_messages("", instruction)      # an empty instruction fails here, not at the first query
         self.reduce = reduce
+        self.instruction = instruction
         self.stats = QueryLikelihoodStats()
 
     def score(self, query: str, hits: Sequence[Hit]) -> np.ndarray:
         """One score per hit: the reduced log-likelihood of ``query`` (0.0 for an empty query)."""
         if not hits:
             return np.zeros(0)
-        prompts = [query_likelihood_messages(self._passage(h)) for h in hits]
+        prompts = [query_likelihood_messages(self._passage(h), self.instruction) for h in hits]
         rows = [np.asarray(r, dtype=np.float64) for r in
                 self.backend.continuation_logprobs(prompts, [query.strip()] * len(hits))]
         if len(rows) != len(hits):
