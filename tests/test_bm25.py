@@ -37,6 +37,23 @@ def test_okapi_equals_rank_bm25_on_real_text(scifact_docs) -> None:
             np.testing.assert_allclose(row, expected, rtol=tol, atol=tol, err_msg=f"{dtype} {q!r}")
 
 
+def test_score_rows_scores_any_document_as_search_does(scifact_docs) -> None:
+    """A document outside the top-k gets the score search would give it; both implementations agree."""
+    okapi = BM25Config(variant="okapi")
+    native = BM25Searcher.build(scifact_docs, show_progress=False, tokenizer="plain", config=okapi)
+    ref = BM25Searcher.build(scifact_docs, show_progress=False, tokenizer="plain",
+                             config=okapi.with_options(implementation="rank_bm25"))
+    rows, scores = native.search([QUERIES[0]], len(scifact_docs))[0]
+    deep = [int(rows[-1]), int(rows[len(rows) // 2]), int(rows[0])]
+    np.testing.assert_array_equal(native.score_rows(QUERIES[0], deep), scores[[len(rows) - 1, len(rows) // 2, 0]])
+    unmatched = next(r for r in range(len(scifact_docs)) if r not in set(rows.tolist()))
+    assert native.score_rows(QUERIES[0], [unmatched]).tolist() == [0.0]
+    np.testing.assert_allclose(ref.score_rows(QUERIES[0], deep + [unmatched]),
+                               native.score_rows(QUERIES[0], deep + [unmatched]), rtol=1e-6)
+    with pytest.raises(IndexError, match="out of range"):
+        native.score_rows(QUERIES[0], [len(scifact_docs)])
+
+
 def test_rank_bm25_implementation_matches_native_ranking(scifact_docs) -> None:
     okapi = BM25Config(variant="okapi")
     native = BM25Searcher.build(scifact_docs, show_progress=False, tokenizer="plain", config=okapi)
@@ -182,6 +199,8 @@ def test_any_sequence_of_updates_scores_exactly_as_a_fresh_build(ops, variant: s
         np.testing.assert_array_equal(got, fresh.scores([query]))
         (rows, _), (fresh_rows, _) = index.search([query], 50)[0], fresh.search([query], 50)[0]
         np.testing.assert_array_equal(rows, fresh_rows)
+        picked = list(range(len(docs)))[::-2]      # any live rows, in any order, dead rows in between
+        np.testing.assert_array_equal(index.score_rows(query, picked), got[0, picked])
 
 
 def test_scores_do_not_depend_on_how_the_vocabulary_is_numbered() -> None:

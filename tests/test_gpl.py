@@ -217,6 +217,51 @@ def test_fit_scale_fits_the_student_margins_to_the_teacher_once_and_resumes_with
         dataclasses.replace(config, scale=5.0)
 
 
+def test_a_fused_teacher_labels_with_the_rerankers_fusion_over_bm25s_top_n(models, tmp_path, monkeypatch) -> None:
+    """--teacher-interpolate W: each label is W*minmax(CE) + (1-W)*minmax(BM25) over BM25's top-N plus the
+    positive and negatives, recomputed independently here; only the label stage reruns when it is switched on."""
+    from sentence_transformers import CrossEncoder
+    import torch
+
+    from retrieval import Retriever
+
+    fake = _fake_generator(monkeypatch)
+    config = _config(models, tmp_path / "run", queries_per_doc=5)
+    plain = pipeline.gpl_triples(config)
+    calls = len(fake.calls)
+    fused_config = dataclasses.replace(config, teacher_interpolate=0.3, teacher_depth=2)
+    triples = pipeline.gpl_triples(fused_config)
+    assert len(fake.calls) == calls and len(triples) == len(plain)          # generation and mining reused
+    labels = json.loads((tmp_path / "run" / "gpl" / "labels" / "manifest.json").read_text())
+    assert (labels["key"]["teacher_interpolate"], labels["key"]["teacher_depth"]) == (0.3, 2)
+    assert "W=0.3" in labels["stats"]["teacher"]
+
+    mined = [json.loads(line) for line in (tmp_path / "run" / "gpl" / "negatives" / "negatives.jsonl").open()]
+    queries = {r["qid"]: r["text"] for r in map(json.loads, (tmp_path / "run" / "gpl" / "queries" /
+                                                             "queries.jsonl").open())}
+    bm25 = Retriever.from_documents(models["beir"], method="bm25", show_progress=False)
+    ce = CrossEncoder(models["teacher"].partition(":")[2], device="cpu", max_length=64)
+    expected, outside = [], 0
+    for row in mined:
+        query = queries[row["qid"]]
+        every = {h.id: float(h.score) for h in bm25.retrieve(query, k=len(DOCS))}
+        candidates = list(dict.fromkeys([h.id for h in bm25.retrieve(query, k=2)] + [row["positive"]]
+                                        + row["negatives"]))
+        outside += len(candidates) > 2
+        first = np.array([every.get(d, 0.0) for d in candidates])
+        logits = np.asarray(ce.predict([(query, DOCS[d]) for d in candidates],
+                                       activation_fn=torch.nn.Identity()), dtype=np.float64)
+        span = lambda v: (v - v.min()) / (v.max() - v.min()) if v.max() > v.min() else np.zeros_like(v)  # noqa: E731
+        score = dict(zip(candidates, 0.3 * span(logits) + 0.7 * span(first)))
+        expected += [score[row["positive"]] - score[d] for d in row["negatives"]]
+    assert outside > 0                      # some positives or negatives lie below BM25's top-2
+    # float32 logits of a tiny model, batched differently, then min-max stretched: agree to 5e-4
+    np.testing.assert_allclose([t.margin for t in triples], expected, atol=5e-4)
+    assert all(-1.0 <= t.margin <= 1.0 for t in triples)
+    with pytest.raises(ValueError, match="teacher_interpolate"):
+        dataclasses.replace(config, teacher_interpolate=1.5)
+
+
 def _stop_after(monkeypatch, chunks: int) -> None:
     """Make the ``chunks``+1-th chunk write raise, as a kill between chunks would stop the stage."""
     original, written = Stage.write_chunk, []

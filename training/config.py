@@ -309,6 +309,13 @@ class GPLConfig(CorpusConfig):
                                   "own document)", min=1)
     cross_encoder: str = option(help="teacher that labels the margins: cross-encoder:FOLDER_OR_NAME (e.g. "
                                 "OUT/model of retrieval train cross-encoder)")
+    teacher_interpolate: float | None = option(None, "fuse the teacher with BM25 as a reranker with interpolate=W "
+                                               "does: per query, W*minmax(CE) + (1-W)*minmax(BM25) over BM25's top "
+                                               "--teacher-depth plus the positive and negatives; the margins are "
+                                               "differences of those fused scores (default: raw CE logits)",
+                                               min=0, max=1)
+    teacher_depth: int = option(50, "with --teacher-interpolate: BM25's top-N per query, over which both scores are "
+                                "min-max normalised (the teacher scores each of them)", min=1)
     label_batch_size: int = option(32, "(query, passage) pairs per teacher call", min=1)
     label_max_seq_length: int = option(256, "teacher input length in tokens", min=2)
     scale: float = option(1.0, "the student's score margin is multiplied by this before the MSE (1: MarginMSE)",

@@ -43,6 +43,23 @@ def apply_scores(hits: Sequence[Hit], scores: Sequence[float]) -> list[Hit]:
     return out
 
 
+def interpolate_scores(scores: Sequence[float], first: Sequence[float], weight: float) -> np.ndarray:
+    """``weight * minmax(scores) + (1 - weight) * minmax(first)`` over one query's candidates (a constant list
+    normalises to zeros, so it adds nothing)."""
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"interpolate weight must be in [0, 1], got {weight}")
+
+    def minmax(values: np.ndarray) -> np.ndarray:  # unlike fusion.minmax, a constant list adds nothing (zeros)
+        span = float(values.max() - values.min()) if len(values) else 0.0
+        return (values - values.min()) / span if span > 0 else np.zeros_like(values)
+
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    base = np.asarray(first, dtype=np.float64).reshape(-1)
+    if len(values) != len(base):
+        raise ValueError(f"got {len(values)} scores for {len(base)} hits")
+    return weight * minmax(values) + (1.0 - weight) * minmax(base)
+
+
 def interpolate_first_stage(scores: Sequence[float], hits: Sequence[Hit], weight: float) -> np.ndarray:
     """``weight * minmax(scores) + (1 - weight) * minmax(first-stage scores)`` over one query's hits.
 
@@ -50,15 +67,4 @@ def interpolate_first_stage(scores: Sequence[float], hits: Sequence[Hit], weight
     BM25 knows when a reranker was trained on few in-domain labels. Min-max is taken per query; a
     constant score list normalises to zeros.
     """
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"interpolate weight must be in [0, 1], got {weight}")
-    first = np.array([h.extra.get("first_stage_score", h.score) for h in hits], dtype=np.float64)
-
-    def minmax(values: np.ndarray) -> np.ndarray:  # unlike fusion.minmax, a constant list adds nothing (zeros)
-        span = float(values.max() - values.min()) if len(values) else 0.0
-        return (values - values.min()) / span if span > 0 else np.zeros_like(values)
-
-    values = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if len(values) != len(first):
-        raise ValueError(f"got {len(values)} scores for {len(first)} hits")
-    return weight * minmax(values) + (1.0 - weight) * minmax(first)
+    return interpolate_scores(scores, [h.extra.get("first_stage_score", h.score) for h in hits], weight)

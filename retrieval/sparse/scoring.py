@@ -493,6 +493,17 @@ class BM25Index:
         dense = self._scores(q, mats).toarray()
         return dense[:, self._alive] if self._alive is not None else dense
 
+    def score_rows(self, tokens: Sequence[str], rows: Sequence[int]) -> np.ndarray:
+        """One query's BM25 scores of the given live rows (any rows, not only its top-k), bit for bit search's."""
+        idx = np.asarray(rows, dtype=np.int64).reshape(-1)
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.n_docs):
+            raise IndexError(f"row out of range for an index of {self.n_docs} documents")
+        q = self.query_matrix([tokens])
+        mats, _, _ = self._weight_matrices(np.unique(q.indices))
+        q.resize((1, mats[0].shape[0]))     # the vocabulary may have grown meanwhile
+        physical = idx if self._alive is None else np.flatnonzero(self._alive)[idx]
+        return self._scores(q, mats)[:, physical].toarray().reshape(-1)
+
     def search(self, token_lists: Sequence[Sequence[str]], k: int,
                n_jobs: int | None = None, chunk: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
         """Top-k (doc rows, scores) per query; only documents sharing a term with the query are returned."""

@@ -135,6 +135,12 @@ class BM25Searcher:
             return self._reference_scorer().search(token_lists, k)
         return self.index.search(token_lists, k, n_jobs=self.n_jobs)
 
+    def score_rows(self, query: str, rows: Sequence[int]) -> np.ndarray:
+        """BM25 scores of ``query`` for the given document rows (e.g. a positive outside the top-k)."""
+        if self.config.implementation == "rank_bm25":
+            return self._reference_scorer().model.get_batch_scores(self.tokenizer(query), list(rows))
+        return self.index.score_rows(self.tokenizer(query), rows)
+
     def add(self, docs: Sequence[Document]) -> None:
         self.index.add(_tokenize_all(self.tokenizer, docs, show_progress=False))
         self._reference = None

@@ -3,6 +3,11 @@
 The teacher is any ``cross-encoder:`` spec :func:`retrieval.rerank.registry.load_reranker` accepts (a hub name
 such as cross-encoder/ms-marco-MiniLM-L-6-v2, the paper's teacher, or ``OUT/model`` of ``retrieval train
 cross-encoder``); its raw logits are the scores. Pseudo-labels are ``CE(q, pos) - CE(q, neg)`` per negative.
+
+With a weight W (:func:`fused_label_queries`) the teacher is instead the reranking pipeline a cross-encoder
+trained on few in-domain labels is used in: BM25's top-N reranked with ``interpolate=W``. Its scores are the
+fused ``W * minmax(CE) + (1 - W) * minmax(BM25)`` over that list, which is what ranks well when the
+cross-encoder alone ranks below the student.
 """
 from __future__ import annotations
 
@@ -12,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from retrieval.rerank.base import interpolate_scores
 
 logger = logging.getLogger(__name__)
 
@@ -61,4 +68,34 @@ def label_queries(teacher: Any, rows: Sequence[tuple[str, str, str, Sequence[str
     for qid, _, _, negs in rows:
         out.append(QueryScores(qid, float(scores[i]), tuple(float(s) for s in scores[i + 1:i + 1 + len(negs)])))
         i += 1 + len(negs)
+    return out
+
+
+def fused_label_queries(teacher: Any, bm25: Any, texts: Sequence[str],
+                        rows: Sequence[tuple[str, str, int, Sequence[int]]], depth: int,
+                        weight: float) -> list[QueryScores]:
+    """Fused scores for ``(qid, query, positive row, negative rows)`` rows (rows of ``texts`` and of ``bm25``, a
+    :class:`~retrieval.sparse.searcher.BM25Searcher` over the same documents).
+
+    Per query the candidates are BM25's top ``depth`` plus the positive and negatives wherever BM25 ranks them;
+    the cross-encoder scores every candidate, and both lists are min-max fused over the candidates with
+    :func:`~retrieval.rerank.base.interpolate_scores`, as ``load_reranker(..., interpolate=weight)`` fuses them.
+    """
+    tops = bm25.search([query for _, query, _, _ in rows], depth)
+    pairs: list[tuple[str, str]] = []
+    candidates: list[tuple[list[int], list[float]]] = []
+    for (_, query, pos, negs), (top_rows, top_scores) in zip(rows, tops):
+        first = dict(zip(top_rows.tolist(), top_scores.tolist()))
+        missing = [r for r in dict.fromkeys((pos, *negs)) if r not in first]
+        if missing:
+            first.update(zip(missing, np.asarray(bm25.score_rows(query, missing), dtype=np.float64).tolist()))
+        ids = list(first)
+        candidates.append((ids, [first[r] for r in ids]))
+        pairs += [(query, texts[r]) for r in ids]
+    scores = score_pairs(teacher, pairs).tolist()
+    out, i = [], 0
+    for (qid, _, pos, negs), (ids, first_scores) in zip(rows, candidates):
+        fused = dict(zip(ids, interpolate_scores(scores[i:i + len(ids)], first_scores, weight).tolist()))
+        i += len(ids)
+        out.append(QueryScores(qid, fused[pos], tuple(fused[r] for r in negs)))
     return out

@@ -7,6 +7,7 @@ objective's items. Stage folders (see :mod:`training.gpl.cache`)::
     OUT/gpl/queries/    queries.jsonl  {"qid", "doc", "text"}                 kept/dropped counts in the manifest
     OUT/gpl/negatives/  negatives.jsonl {"qid", "positive", "negatives": [ids]}
     OUT/gpl/labels/     chunk-*.jsonl  {"qid", "positive": CE score, "negatives": [CE scores]}   chunks of queries
+                        (with --teacher-interpolate W: the BM25-fused scores, see training.gpl.label)
 
 Each stage's key holds its settings and the digest of the stage before it, so a change anywhere upstream
 recomputes everything after it; each manifest records the stage's counts and wall time.
@@ -31,7 +32,7 @@ from training.config import GPLConfig
 from training.gpl.cache import Stage, digest, field_of, read_jsonl, write_jsonl
 from training.gpl.filter import GeneratedQuery, filter_queries
 from training.gpl.generate import document_seed, generator_identity, load_generator, passages_of
-from training.gpl.label import QueryScores, label_queries, load_teacher
+from training.gpl.label import QueryScores, fused_label_queries, label_queries, load_teacher
 from training.gpl.mine import MinedQuery, mine_negatives
 from training.sentences import read_corpus
 
@@ -180,30 +181,54 @@ def mine_stage(config: GPLConfig, root: Path, corpus: Sequence[Document], querie
     return out
 
 
-def label_stage(config: GPLConfig, root: Path, mined: Sequence[MinedQuery], texts: dict[str, str],
+def label_stage(config: GPLConfig, root: Path, mined: Sequence[MinedQuery], corpus: Sequence[Document],
                 query_text: dict[str, str], teacher_id: dict[str, Any], corpus_hash: str,
                 device: str) -> list[QueryScores]:
-    """Teacher scores for every (query, positive) and (query, negative), in chunks of queries."""
+    """Teacher scores for every (query, positive) and (query, negative), in chunks of queries (raw cross-encoder
+    logits, or with ``teacher_interpolate`` the cross-encoder fused with BM25 over BM25's top ``teacher_depth``)."""
     key = {"negatives": digest([[m.qid, m.positive, list(m.negatives)] for m in mined]), "corpus": corpus_hash,
            "queries": digest([query_text[m.qid] for m in mined]), "teacher": teacher_id,
            "label_max_seq_length": config.label_max_seq_length, "label_batch_size": config.label_batch_size}
+    fused = config.teacher_interpolate is not None
+    if fused:   # only when set, so caches made before the option stay valid
+        key.update(teacher_interpolate=config.teacher_interpolate, teacher_depth=config.teacher_depth)
     stage, started = Stage(root / "labels", key), time.perf_counter()
     if not stage.complete:
         resumed = stage.done_rows()
         teacher = load_teacher(config.cross_encoder, config.label_batch_size, config.label_max_seq_length, device)
+        texts = [d.full_text for d in corpus]
+        row_of = {d.id: i for i, d in enumerate(corpus)}
+        bm25 = _bm25_over(corpus, config.show_progress) if fused else None
 
         def work(start: int, end: int) -> list[dict[str, Any]]:
-            rows = [(m.qid, query_text[m.qid], texts[m.positive], [texts[d] for d in m.negatives])
-                    for m in mined[start:end]]
-            return [{"qid": s.qid, "positive": s.positive, "negatives": list(s.negatives)}
-                    for s in label_queries(teacher, rows)]
+            if bm25 is not None:
+                rows = [(m.qid, query_text[m.qid], row_of[m.positive], [row_of[d] for d in m.negatives])
+                        for m in mined[start:end]]
+                scored = fused_label_queries(teacher, bm25, texts, rows, config.teacher_depth,
+                                             float(config.teacher_interpolate))
+            else:
+                scored = label_queries(teacher, [(m.qid, query_text[m.qid], texts[row_of[m.positive]],
+                                                  [texts[row_of[d]] for d in m.negatives]) for m in mined[start:end]])
+            return [{"qid": s.qid, "positive": s.positive, "negatives": list(s.negatives)} for s in scored]
 
         with _progress(config, len(mined), resumed, "GPL 3/4 label with the cross-encoder") as bar:
             run_chunks(stage, len(mined), config.chunk_size, work, bar)
         del teacher
-        stage.finish({"queries": len(mined), "pairs": len(mined) * (1 + config.num_negatives),
-                      "resumed_at_query": resumed, "seconds": time.perf_counter() - started})
+        stats = {"queries": len(mined), "pairs": len(mined) * (1 + config.num_negatives),
+                 "resumed_at_query": resumed, "seconds": time.perf_counter() - started}
+        if fused:
+            stats["teacher"] = f"cross-encoder fused with BM25 (W={config.teacher_interpolate}) over BM25's " \
+                               f"top-{config.teacher_depth}"
+        stage.finish(stats)
     return read_scores(stage, mined)
+
+
+def _bm25_over(corpus: Sequence[Document], show_progress: bool) -> Any:
+    """The default BM25 first stage (as ``Retriever.from_documents(corpus)`` builds it) over ``corpus``, row i
+    being ``corpus[i]``."""
+    from retrieval.retriever import Retriever
+
+    return Retriever.from_documents(list(corpus), method="bm25", show_progress=show_progress).searcher
 
 
 def read_scores(stage: Stage, mined: Sequence[MinedQuery]) -> list[QueryScores]:
@@ -235,7 +260,7 @@ def gpl_triples(config: GPLConfig, device: str = "cpu") -> list[MarginTriple]:
     mined = mine_stage(config, root, corpus, queries, corpus_hash)
     texts = {d.id: d.full_text for d in corpus}
     query_text = {q.qid: q.text for q in queries}
-    scores = label_stage(config, root, mined, texts, query_text, teacher_id, corpus_hash, device)
+    scores = label_stage(config, root, mined, corpus, query_text, teacher_id, corpus_hash, device)
     triples = [MarginTriple(query_text[m.qid], texts[m.positive], texts[neg], margin)
                for m, s in zip(mined, scores) for neg, margin in zip(m.negatives, s.margins())]
     logger.info("GPL: %d documents -> %d queries -> %d training triples", len(docs), len(queries), len(triples))
