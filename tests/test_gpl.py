@@ -274,10 +274,12 @@ def _stop_after(monkeypatch, chunks: int) -> None:
     monkeypatch.setattr(Stage, "write_chunk", write_chunk)
 
 
-@pytest.mark.parametrize("stage, before", [("generate", 2), ("labels", 1 + 4)])   # 4 generation chunks come first
-def test_a_stage_stopped_between_chunks_resumes_to_the_same_result(models, tmp_path, monkeypatch, stage, before):
-    reference = pipeline.gpl_triples(_config(models, tmp_path / "reference"))
-    config = _config(models, tmp_path / "run")
+@pytest.mark.parametrize("stage, before, fused", [("generate", 2, None), ("labels", 1 + 4, None),
+                                                  ("labels", 1 + 4, 0.5)])   # 4 generation chunks come first
+def test_a_stage_stopped_between_chunks_resumes_to_the_same_result(models, tmp_path, monkeypatch, stage, before,
+                                                                   fused):
+    reference = pipeline.gpl_triples(_config(models, tmp_path / "reference", teacher_interpolate=fused))
+    config = _config(models, tmp_path / "run", teacher_interpolate=fused)
     with monkeypatch.context() as m:
         _stop_after(m, before)
         with pytest.raises(KeyboardInterrupt):
