@@ -203,6 +203,22 @@ def test_query_likelihood_runs_on_the_tiny_lm(tiny_lm) -> None:
     assert reranker.stats.passages == 3 and reranker.stats.tokens == 9
 
 
+def test_bfloat16_weights_score_close_to_float32(tiny_lm, tmp_path) -> None:
+    """``dtype="bfloat16"`` (3x faster on AMX CPUs, RESULTS.md) reaches the model and keeps the scores near fp32's."""
+    import torch
+
+    model, tokenizer = tiny_lm
+    model.save_pretrained(tmp_path / "lm")
+    tokenizer.save_pretrained(tmp_path / "lm")
+    hits = [Hit("a", 3.0, "mice cancer cells"), Hit("b", 2.0, "paris tower"), Hit("c", 1.0, "river water")]
+    exact = load_reranker(f"llm-ql:{tmp_path / 'lm'}").score("what causes cancer", hits)
+    half = load_reranker(f"llm-ql:{tmp_path / 'lm'}", dtype="bfloat16")
+    assert half.backend.model.dtype == torch.bfloat16
+    scores = half.score("what causes cancer", hits)
+    assert scores.dtype == np.float64 and np.isfinite(scores).all()
+    np.testing.assert_allclose(scores, exact, atol=0.05)
+
+
 # ---- reading echoed prompt log-probs from /completions replies --------------------------------------------
 
 def _reply(tokens: list[str], values: list) -> dict:
