@@ -15,8 +15,8 @@ OpenAI-compatible server. ``load_reranker`` options: ``depth`` (rerank only the 
 ``show_progress`` for every kind; ``interpolate`` (weight W of the reranker in
 ``W * minmax(reranker) + (1 - W) * minmax(first stage)``) for ``cross-encoder`` and every LLM kind;
 ``backend`` (``"transformers"``, the default, or ``"llama-cpp"``: the GGUF run natively) for local LLMs;
-``batch_size``, ``device``, ``max_length``, ``dtype`` (``"bfloat16"``: 3x faster on AMX CPUs) for local transformers models; ``max_length``, ``n_threads``,
-``n_batch``, ``convert`` (``f16``/``q8_0``: a re-typed copy) and ``extra_buffers`` (``false``: plain CPU buffers,
+``batch_size``, ``device``, ``max_length``, ``dtype`` (``"bfloat16"``: 3x faster on AMX CPUs) for local
+transformers models; ``max_length``, ``n_threads``, ``n_batch``, ``convert`` (``f16``/``q8_0``: a re-typed copy) and ``extra_buffers`` (``false``: plain CPU buffers,
 no AMX) for llama-cpp; ``max_passage_words`` for LLMs; ``window``, ``step``, ``max_tokens`` for listwise; ``timeout``,
 ``retries``, ``backoff``, ``api_key``, ``concurrency``, ``top_logprobs``, ``max_reply_bytes``, ``max_redirects``,
 ``completion_template`` (``plain``/``chatml``, for ``llm-ql``'s ``/completions`` prompts), ``check_echo`` for HTTP.
