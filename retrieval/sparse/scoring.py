@@ -485,12 +485,16 @@ class BM25Index:
         q.resize((q.shape[0], len(self.vocab)))
         return q
 
-    def scores(self, token_lists: Sequence[Sequence[str]]) -> np.ndarray:
-        """Dense scores (n_queries x n_docs); for tests and reference, not for search."""
+    def _score_matrix(self, token_lists: Sequence[Sequence[str]]) -> sp.csr_matrix:
+        """Queries x physical rows, sparse: every document's score (dead rows included, for the caller to drop)."""
         q = self.query_matrix(token_lists)
         mats, _, _ = self._weight_matrices(np.unique(q.indices))
         q.resize((q.shape[0], mats[0].shape[0]))     # the vocabulary may have grown meanwhile
-        dense = self._scores(q, mats).toarray()
+        return self._scores(q, mats)
+
+    def scores(self, token_lists: Sequence[Sequence[str]]) -> np.ndarray:
+        """Dense scores (n_queries x n_docs); for tests and reference, not for search."""
+        dense = self._score_matrix(token_lists).toarray()
         return dense[:, self._alive] if self._alive is not None else dense
 
     def score_rows(self, tokens: Sequence[str], rows: Sequence[int]) -> np.ndarray:
@@ -498,11 +502,8 @@ class BM25Index:
         idx = np.asarray(rows, dtype=np.int64).reshape(-1)
         if len(idx) and (idx.min() < 0 or idx.max() >= self.n_docs):
             raise IndexError(f"row out of range for an index of {self.n_docs} documents")
-        q = self.query_matrix([tokens])
-        mats, _, _ = self._weight_matrices(np.unique(q.indices))
-        q.resize((1, mats[0].shape[0]))     # the vocabulary may have grown meanwhile
         physical = idx if self._alive is None else np.flatnonzero(self._alive)[idx]
-        return self._scores(q, mats)[:, physical].toarray().reshape(-1)
+        return self._score_matrix([tokens])[:, physical].toarray().reshape(-1)
 
     def search(self, token_lists: Sequence[Sequence[str]], k: int,
                n_jobs: int | None = None, chunk: int = 256) -> list[tuple[np.ndarray, np.ndarray]]:
