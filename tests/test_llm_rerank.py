@@ -196,6 +196,21 @@ def test_complete_is_greedy_and_without_template_uses_plain_text() -> None:
     assert isinstance(first, str) and first == second
 
 
+def test_plain_prompts_keep_the_bos_a_tokenizer_adds_by_default() -> None:
+    """Prompts are tokenized without special tokens (templates write their own BOS), so a template-less prompt
+    for a model whose tokenizer adds BOS (Gemma, Llama) must carry it, once; one that adds none gets none."""
+    model, tokenizer = tiny_causal_lm(chat_template=False, adds_bos=True)
+    backend = HFCausalLM(model, tokenizer)
+    assert backend.plain_bos == "<s>" and backend.render(PROMPTS[0]) == render_plain(PROMPTS[0], "<s>")
+    ids = tokenizer(backend.render(PROMPTS[0]), add_special_tokens=False)["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id and ids.count(tokenizer.bos_token_id) == 1
+    (scores,) = backend.continuation_logprobs([PROMPTS[0]], ["the tower"])
+    assert scores.shape == (2,) and np.isfinite(scores).all()
+    assert HFCausalLM(*tiny_causal_lm(chat_template=False)).plain_bos == ""
+    templated = HFCausalLM(*tiny_causal_lm(chat_template=True, adds_bos=True))
+    assert not templated.render(PROMPTS[0]).startswith("<s>")   # the template decides
+
+
 def test_rerankers_run_on_the_tiny_lm(tiny_lm) -> None:
     backend = HFCausalLM(*tiny_lm, batch_size=2)
     hits = [Hit("a", 3.0, "mice cancer cells"), Hit("b", 2.0, "paris tower"), Hit("c", 1.0, "river water")]

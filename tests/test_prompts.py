@@ -75,3 +75,4 @@ def test_listwise_prompt_numbers_passages() -> None:
 def test_render_plain_ends_at_the_answer() -> None:
     text = render_plain([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}])
     assert text == "System: S\n\nUser: U\n\nAssistant:"
+    assert render_plain([{"role": "user", "content": "U"}], bos="<bos>") == "<bos>User: U\n\nAssistant:"

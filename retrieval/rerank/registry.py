@@ -9,9 +9,9 @@ Spec strings (``KIND[:MODEL]``; only the first ``:`` splits, so URLs and paths p
 * ``llm-listwise[:MODEL]`` — RankGPT sliding windows (options ``window``, ``step``).
 * ``llm-ql[:MODEL]`` — query likelihood: mean (``reduce="sum"``: sum) log P(query | passage, instruction).
 
-``MODEL`` for the LLM kinds defaults to ``smollm2`` (bundled SmolLM2-135M-Instruct GGUF); it may be a
-local folder, a ``.gguf`` file, a hub name, or ``http://HOST:PORT/v1#MODEL_NAME`` for any
-OpenAI-compatible server. ``load_reranker`` options: ``depth`` (rerank only the top N given hits) and
+``MODEL`` for the LLM kinds defaults to ``smollm2`` (bundled SmolLM2-135M-Instruct GGUF); it may be
+``gemma3-270m`` (the ``gemma`` extra), a local folder, a ``.gguf`` file, a hub name, or
+``http://HOST:PORT/v1#MODEL_NAME`` for any OpenAI-compatible server. ``load_reranker`` options: ``depth`` (rerank only the top N given hits) and
 ``show_progress`` for every kind; ``interpolate`` (weight W of the reranker in
 ``W * minmax(reranker) + (1 - W) * minmax(first stage)``) for ``cross-encoder`` and every LLM kind;
 ``backend`` (``"transformers"``, the default, or ``"llama-cpp"``: the GGUF run natively) for local LLMs;

@@ -27,21 +27,27 @@ def write_tiny_bert_cross_encoder(folder: Path, seed: int = 0) -> Path:
     return folder
 
 
-def tiny_causal_lm(chat_template: bool = True, seed: int = 0):
-    """``(model, tokenizer)``: a 2-layer Llama over a word-level vocabulary, optionally with a chat template."""
+def tiny_causal_lm(chat_template: bool = True, seed: int = 0, adds_bos: bool = False):
+    """``(model, tokenizer)``: a 2-layer Llama over a word-level vocabulary, optionally with a chat template;
+    ``adds_bos``: the tokenizer puts ``<s>`` first by default, as Gemma's and Llama's do."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    vocab = {w: i for i, w in enumerate(["[PAD]", "[UNK]", "</s>"] + list(dict.fromkeys(WORDS + ["Yes", "No"])))}
+    from tokenizers import processors
+
+    words = ["[PAD]", "[UNK]", "</s>"] + list(dict.fromkeys(WORDS + ["Yes", "No"])) + (["<s>"] if adds_bos else [])
+    vocab = {w: i for i, w in enumerate(words)}
     core = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    if adds_bos:
+        core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]",
-                                        eos_token="</s>")
+                                        eos_token="</s>", **({"bos_token": "<s>"} if adds_bos else {}))
     if chat_template:
         tokenizer.chat_template = CHAT_TEMPLATE
     torch.manual_seed(seed)
     config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=0, eos_token_id=2, bos_token_id=2)
+                         pad_token_id=0, eos_token_id=2, bos_token_id=vocab["<s>"] if adds_bos else 2)
     return LlamaForCausalLM(config).eval(), tokenizer

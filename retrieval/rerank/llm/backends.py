@@ -44,6 +44,18 @@ class LLMBackend(Protocol):
     def complete(self, prompt: Messages, max_tokens: int) -> str: ...
 
 
+def default_bos(tokenizer: Any) -> str:
+    """The BOS token's text if ``tokenizer`` puts it first by default (Gemma, Llama), else "".
+
+    Without it a template-less prompt starts where the model never saw text start: on five SciFact train
+    queries, Gemma 3 270M's mean query-token log-prob was -5.69 without it and -4.52 with it."""
+    bos, bos_id = getattr(tokenizer, "bos_token", None), getattr(tokenizer, "bos_token_id", None)
+    if bos is None or bos_id is None:
+        return ""
+    ids = tokenizer("a")["input_ids"]
+    return bos if ids and ids[0] == bos_id else ""
+
+
 class HFCausalLM:
     """A local decoder-only model through transformers; prompts go through the chat template when present."""
 
@@ -58,6 +70,7 @@ class HFCausalLM:
         tokenizer.truncation_side = "left"  # keep the question and the answer cue at the end
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
+        self.plain_bos = default_bos(tokenizer)
 
     @classmethod
     def from_pretrained(cls, name: str = DEFAULT_LLM, *, device: str = "cpu", dtype: str | None = None,
@@ -80,7 +93,7 @@ class HFCausalLM:
         """The prompt as the model sees it: chat template with the assistant cue, or plain text."""
         if getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        return render_plain(prompt)
+        return render_plain(prompt, self.plain_bos)
 
     def _encode(self, texts: list[str]) -> dict[str, Any]:
         batch = self.tokenizer(texts, return_tensors="pt", padding=True, truncation=True,

@@ -105,6 +105,7 @@ class LlamaCppLM:
         self.tokens_evaluated = 0             # prompt tokens run through the model (the cache hits excluded)
         self.tokens_reused = 0                # prompt tokens the KV cache spared
         self._template = self._chat_template()
+        self.plain_bos = "" if self._template is not None else self._default_bos()
         weakref.finalize(self, llm.close)  # free the model before interpreter shutdown tears llama_cpp down
 
     @classmethod
@@ -151,10 +152,18 @@ class LlamaCppLM:
         return Jinja2ChatFormatter(source, eos_token=token_text("tokenizer.ggml.eos_token_id"),
                                    bos_token=token_text("tokenizer.ggml.bos_token_id"), add_generation_prompt=True)
 
+    def _default_bos(self) -> str:
+        """The BOS token's text if llama.cpp puts it first by default (the GGUF's ``add_bos_token``), else ""."""
+        bos = int(self.llm.token_bos())
+        if bos < 0 or self.llm.tokenize(b"a", add_bos=True, special=False)[:1] != [bos]:
+            return ""
+        text = self.llm.detokenize([bos], special=True).decode("utf-8", "replace")
+        return text if self.tokenize(text) == [bos] else ""
+
     def render(self, prompt: Messages) -> str:
         """The prompt as the model sees it: chat template with the assistant cue, or plain text."""
         if self._template is None:
-            return render_plain(prompt)
+            return render_plain(prompt, self.plain_bos)
         return self._template(messages=prompt).prompt
 
     def tokenize(self, text: str) -> list[int]:

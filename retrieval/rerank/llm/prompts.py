@@ -73,10 +73,13 @@ def render_chatml(messages: Messages) -> str:
     return "".join(parts) + "<|im_start|>assistant\n"
 
 
-def render_plain(messages: Messages) -> str:
-    """A plain-text rendering for models without a chat template, ending where the answer starts."""
+def render_plain(messages: Messages, bos: str = "") -> str:
+    """A plain-text rendering for models without a chat template, ending where the answer starts.
+
+    ``bos``: the model's BOS token text, for tokenizers that add one by default (Gemma, Llama). Prompts are
+    tokenized without special tokens, as chat templates write their own BOS, so a plain prompt must carry it."""
     parts = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
-    return "\n\n".join(parts) + "\n\nAssistant:"
+    return bos + "\n\n".join(parts) + "\n\nAssistant:"
 
 
 _BRACKETED = re.compile(r"\[\s*(\d+)\s*\]")
