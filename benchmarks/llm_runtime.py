@@ -41,6 +41,7 @@ from retrieval.models import DEFAULT_LLM  # noqa: E402
 from retrieval.rerank.base import passage_text  # noqa: E402
 from retrieval.rerank.llm.backends import load_backend  # noqa: E402
 from retrieval.rerank.llm.base import _softmax  # noqa: E402
+from retrieval.rerank.llm.gguf_convert import TARGETS  # noqa: E402
 from retrieval.rerank.llm.prompts import (YES_NO_CHOICES, query_likelihood_messages, truncate_words,  # noqa: E402
                                           yes_no_messages)
 from retrieval.retriever import Retriever  # noqa: E402
@@ -104,8 +105,8 @@ def measure(backend, queries, passages, args, counts) -> dict:
 def variant_options(variant: str) -> dict:
     """``"q8_0:plain"`` -> the llama-cpp backend's ``convert`` and ``extra_buffers`` options."""
     kind, _, buffers = variant.partition(":")
-    if kind not in ("f16", "q8_0", "f32", "none") or buffers not in ("", "plain"):
-        raise SystemExit(f"--llama-cpp {variant!r}: expected f16, q8_0, f32 or none, optionally followed by :plain")
+    if kind not in (*TARGETS, "none") or buffers not in ("", "plain"):
+        raise SystemExit(f"--llama-cpp {variant!r}: expected one of {', '.join(TARGETS)} or none, optionally followed by :plain")
     return {"convert": None if kind == "none" else kind, "extra_buffers": buffers != "plain"}
 
 

@@ -118,8 +118,9 @@ def test_llm_runtime_parses_variants_and_summarises_each_against_transformers():
     runtime = load_script("llm_runtime")
     assert runtime.variant_options("q8_0:plain") == {"convert": "q8_0", "extra_buffers": False}
     assert runtime.variant_options("none") == {"convert": None, "extra_buffers": True}
+    assert runtime.variant_options("bf16") == {"convert": "bf16", "extra_buffers": True}
     for bad in ("q4_k", "f16:amx", "plain"):
-        with pytest.raises(SystemExit, match="expected f16, q8_0, f32 or none"):
+        with pytest.raises(SystemExit, match="expected one of f16, bf16, q8_0, f32 or none"):
             runtime.variant_options(bad)
     # two queries of 2 passages; the plain variant swaps the order of the second query's passages
     row = lambda speed, scores: {"yes_no_prompt_tokens_per_s": speed, "ql_prompt_tokens_per_s": speed,  # noqa: E731

@@ -105,6 +105,11 @@ def test_converted_weights_are_cached_once(tmp_path, monkeypatch) -> None:
     assert not [p for p in first.parent.iterdir() if p.name.startswith(".tmp-")]
     with pytest.raises(ValueError, match="convert must be one of"):
         converted_gguf(source, "q2_k")
+    bf16 = converted_gguf(source, "bf16")    # BF16 weights, for CPUs whose llama.cpp build has BF16 dot products
+    from gguf import GGUFReader
+
+    types = {t.tensor_type.name for t in GGUFReader(str(bf16)).tensors}
+    assert "BF16" in types and not types & {"Q4_1", "Q8_0", "F16"}
 
 
 def test_llama_cpp_backend_errors_are_clear(tmp_path) -> None:

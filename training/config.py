@@ -293,7 +293,7 @@ class GPLConfig(CorpusConfig):
     generator_convert: str = option("f16", "llama-cpp generators run a re-typed copy of the GGUF, cached once (f16 "
                                     "takes the fast AVX2 kernels and avoids a crash of llama-cpp-python 0.3.36 on "
                                     "the bundled Q4_1 file); none runs the file as shipped",
-                                    choices=("none", "f16", "q8_0", "f32"))
+                                    choices=("none", "f16", "bf16", "q8_0", "f32"))
     generator_buffers: str = option("extra", "llama-cpp generators: extra keeps llama.cpp's AMX/repacked weight "
                                     "buffers; plain runs quantised weights on the generic CPU kernels, which do not "
                                     "crash on AMX CPUs and generate faster than F16 there (use with q8_0 or none)",

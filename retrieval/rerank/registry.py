@@ -16,7 +16,7 @@ Spec strings (``KIND[:MODEL]``; only the first ``:`` splits, so URLs and paths p
 ``W * minmax(reranker) + (1 - W) * minmax(first stage)``) for ``cross-encoder`` and every LLM kind;
 ``backend`` (``"transformers"``, the default, or ``"llama-cpp"``: the GGUF run natively) for local LLMs;
 ``batch_size``, ``device``, ``max_length``, ``dtype`` (``"bfloat16"``: 3x faster on AMX CPUs) for local
-transformers models; ``max_length``, ``n_threads``, ``n_batch``, ``convert`` (``f16``/``q8_0``: a re-typed copy) and ``extra_buffers`` (``false``: plain CPU buffers,
+transformers models; ``max_length``, ``n_threads``, ``n_batch``, ``convert`` (``f16``/``bf16``/``q8_0``/``f32``: a re-typed copy) and ``extra_buffers`` (``false``: plain CPU buffers,
 no AMX) for llama-cpp; ``max_passage_words`` for LLMs; ``window``, ``step``, ``max_tokens`` for listwise; ``timeout``,
 ``retries``, ``backoff``, ``api_key``, ``concurrency``, ``top_logprobs``, ``max_reply_bytes``, ``max_redirects``,
 ``completion_template`` (``plain``/``chatml``, for ``llm-ql``'s ``/completions`` prompts), ``check_echo`` for HTTP.

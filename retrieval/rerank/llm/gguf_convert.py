@@ -18,7 +18,7 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
-TARGETS = ("f16", "q8_0", "f32")
+TARGETS = ("f16", "bf16", "q8_0", "f32")
 
 
 def cache_folder() -> Path:
@@ -61,8 +61,8 @@ def converted_gguf(source: str | os.PathLike[str], target: str) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".gguf", dir=out.parent)
     os.close(fd)
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = {"f16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16, "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0,
-                    "f32": llama_cpp.LLAMA_FTYPE_ALL_F32}[target]
+    params.ftype = {"f16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16, "bf16": llama_cpp.LLAMA_FTYPE_MOSTLY_BF16,
+                    "q8_0": llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0, "f32": llama_cpp.LLAMA_FTYPE_ALL_F32}[target]
     params.allow_requantize = True
     try:
         with _quiet_fd2():
