@@ -106,7 +106,8 @@ def variant_options(variant: str) -> dict:
     """``"q8_0:plain"`` -> the llama-cpp backend's ``convert`` and ``extra_buffers`` options."""
     kind, _, buffers = variant.partition(":")
     if kind not in (*TARGETS, "none") or buffers not in ("", "plain"):
-        raise SystemExit(f"--llama-cpp {variant!r}: expected one of {', '.join(TARGETS)} or none, optionally followed by :plain")
+        raise SystemExit(f"--llama-cpp {variant!r}: expected one of {', '.join(TARGETS)} or none, "
+                         "optionally followed by :plain")
     return {"convert": None if kind == "none" else kind, "extra_buffers": buffers != "plain"}
 
 

@@ -119,8 +119,8 @@ def report_error(exc: BaseException, args: argparse.Namespace) -> int:
 
 def _add_rerank_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rerank", metavar="SPEC", help="cross-encoder:FOLDER | llm-yesno[:MODEL] | llm-rating[:MODEL] | "
-                   "llm-listwise[:MODEL] | llm-ql[:MODEL]; MODEL: smollm2 (bundled), gemma3-270m, a folder, a .gguf file, "
-                   "or http://HOST:PORT/v1#NAME")
+                   "llm-listwise[:MODEL] | llm-ql[:MODEL]; MODEL: smollm2 (bundled), gemma3-270m, a folder, "
+                   "a .gguf file, or http://HOST:PORT/v1#NAME")
     p.add_argument("--rerank-depth", type=int, default=100, help="first-stage candidates passed to the reranker")
     p.add_argument("--rerank-option", action="append", default=[], metavar="KEY=VALUE",
                    help="reranker option, repeatable (window=20, timeout=30, batch_size=16)")

@@ -93,7 +93,8 @@ class ModelRef:
 
 
 def resolve_model(name: str | Path) -> ModelRef:
-    """Map an alias to its bundled folder; pass local folders and hub names through unchanged.
+    """Map an alias to its bundled folder (a GGUF shipped in parts: to the checked copy joined once into the
+    cache); pass local folders and hub names through unchanged.
 
     Hub names are only *resolved* here; loading them needs internet (or a populated HF cache).
     """
