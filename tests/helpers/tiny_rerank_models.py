@@ -31,10 +31,8 @@ def tiny_causal_lm(chat_template: bool = True, seed: int = 0, adds_bos: bool = F
     """``(model, tokenizer)``: a 2-layer Llama over a word-level vocabulary, optionally with a chat template;
     ``adds_bos``: the tokenizer puts ``<s>`` first by default, as Gemma's and Llama's do."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-
-    from tokenizers import processors
 
     words = ["[PAD]", "[UNK]", "</s>"] + list(dict.fromkeys(WORDS + ["Yes", "No"])) + (["<s>"] if adds_bos else [])
     vocab = {w: i for i, w in enumerate(words)}
