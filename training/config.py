@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 
 from retrieval.configs import Config
 from retrieval.models import DEFAULT_EMBEDDER
+from retrieval.rerank.llm.gguf_convert import TARGETS as GGUF_TARGETS
 
 from training.noise import NOISE_KINDS, NoiseConfig
 
@@ -293,7 +294,7 @@ class GPLConfig(CorpusConfig):
     generator_convert: str = option("f16", "llama-cpp generators run a re-typed copy of the GGUF, cached once (f16 "
                                     "takes the fast AVX2 kernels and avoids a crash of llama-cpp-python 0.3.36 on "
                                     "the bundled Q4_1 file); none runs the file as shipped",
-                                    choices=("none", "f16", "bf16", "q8_0", "f32"))
+                                    choices=("none", *GGUF_TARGETS))
     generator_buffers: str = option("extra", "llama-cpp generators: extra keeps llama.cpp's AMX/repacked weight "
                                     "buffers; plain runs quantised weights on the generic CPU kernels, which do not "
                                     "crash on AMX CPUs and generate faster than F16 there (use with q8_0 or none)",

@@ -11,13 +11,14 @@ Spec strings (``KIND[:MODEL]``; only the first ``:`` splits, so URLs and paths p
 
 ``MODEL`` for the LLM kinds defaults to ``smollm2`` (bundled SmolLM2-135M-Instruct GGUF); it may be
 ``gemma3-270m`` (the ``gemma`` extra), a local folder, a ``.gguf`` file, a hub name, or
-``http://HOST:PORT/v1#MODEL_NAME`` for any OpenAI-compatible server. ``load_reranker`` options: ``depth`` (rerank only the top N given hits) and
+``http://HOST:PORT/v1#MODEL_NAME`` for any OpenAI-compatible server. ``load_reranker`` options: ``depth``
+(rerank only the top N given hits) and
 ``show_progress`` for every kind; ``interpolate`` (weight W of the reranker in
 ``W * minmax(reranker) + (1 - W) * minmax(first stage)``) for ``cross-encoder`` and every LLM kind;
 ``backend`` (``"transformers"``, the default, or ``"llama-cpp"``: the GGUF run natively) for local LLMs;
 ``batch_size``, ``device``, ``max_length``, ``dtype`` (``"bfloat16"``: 3x faster on AMX CPUs) for local
-transformers models; ``max_length``, ``n_threads``, ``n_batch``, ``convert`` (``f16``/``bf16``/``q8_0``/``f32``: a re-typed copy) and ``extra_buffers`` (``false``: plain CPU buffers,
-no AMX) for llama-cpp; ``max_passage_words`` for LLMs; ``window``, ``step``, ``max_tokens`` for listwise; ``timeout``,
+transformers models; ``max_length``, ``n_threads``, ``n_batch``, ``convert`` (``f16``/``bf16``/``q8_0``/``f32``:
+a re-typed copy) and ``extra_buffers`` (``false``: plain CPU buffers, no AMX) for llama-cpp; ``max_passage_words`` for LLMs; ``window``, ``step``, ``max_tokens`` for listwise; ``timeout``,
 ``retries``, ``backoff``, ``api_key``, ``concurrency``, ``top_logprobs``, ``max_reply_bytes``, ``max_redirects``,
 ``completion_template`` (``plain``/``chatml``, for ``llm-ql``'s ``/completions`` prompts), ``check_echo`` for HTTP.
 
