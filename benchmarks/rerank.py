@@ -8,6 +8,16 @@ then scored on the same subset so the comparison stays fair. Each reranked run (
 paired randomisation test of its per-query nDCG@10 against BM25's. ``--sub-depth 20`` with ``--depth 100`` also
 scores BM25's top-20 from the same pass (exact for rerankers that score each passage on its own). Writes ``benchmarks/out/<name>.json`` and the
 runs (TREC format) to ``benchmarks/out/<name>-runs/``.
+
+Long runs survive a kill and spread over cores: each reranked query is appended (flushed, fsynced) to a journal in
+``<name>-runs/``. ``--resume`` continues from the journals of the same ``--name`` (the settings must match), and
+``--shard I/N`` reranks every N-th query only, so N processes can share the work::
+
+    python benchmarks/rerank.py ... --name NAME --shard 0/2 &  python benchmarks/rerank.py ... --name NAME --shard 1/2
+    python benchmarks/rerank.py ... --name NAME --resume        # merges both journals, reranks what is left, scores
+
+A run that reranks every query writes the JSON and TREC files and deletes the journals; a run stopped by
+``--time-budget`` keeps them. Without ``--resume`` a leftover journal is refused rather than overwritten.
 """
 from __future__ import annotations
 
@@ -27,9 +37,11 @@ from retrieval.data import load_beir  # noqa: E402
 from retrieval.datasets import data_dir  # noqa: E402
 from retrieval.eval.metrics import evaluate, write_trec_run  # noqa: E402
 from retrieval.rerank import describe, interpolate_first_stage, load_reranker, parse_option  # noqa: E402
+from retrieval.rerank.registry import reranker_class  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
 from retrieval.eval.significance import compare_runs  # noqa: E402
 from retrieval.dense.cpu import cpu_flags  # noqa: E402
+from retrieval.types import Hit  # noqa: E402
 
 METRICS = ("nDCG@10", "Recall@10", "MRR@10")
 
@@ -52,7 +64,107 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "a passage does not depend on the others (cross-encoder, pointwise, query likelihood)")
     parser.add_argument("--interpolate", type=float, action="append", default=[],
                         help="also score W*minmax(reranker)+(1-W)*minmax(BM25) from the same pass (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue from this --name's journals")
+    parser.add_argument("--shard", type=shard_of, default=None, metavar="I/N",
+                        help="rerank only queries I, I+N, I+2N, ... of the seeded order into a journal of its own, "
+                             "for another process to merge with --resume")
     return parser.parse_args(argv)
+
+
+def shard_of(text: str) -> tuple[int, int]:
+    """``"I/N"`` as ``(I, N)`` with ``0 <= I < N``."""
+    i, _, n = text.partition("/")
+    try:
+        index, count = int(i), int(n)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected I/N such as 0/2, got {text!r}") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError(f"shard {text!r}: need 0 <= I < N")
+    return index, count
+
+
+JOURNAL_VERSION = 1
+JOURNAL_CONFIG = ("dataset", "split", "reranker", "option", "depth", "max_queries", "seed")
+
+
+def journal_config(args: argparse.Namespace) -> dict:
+    """What must match for journals to be merged: the settings that decide the reranked lists."""
+    return {key: getattr(args, key) for key in JOURNAL_CONFIG}
+
+
+def journal_paths(folder: Path) -> list[Path]:
+    """The journals in a run folder: ``journal.jsonl`` and the shards' ``journal.shard-I-of-N.jsonl``."""
+    return sorted(folder.glob("journal*.jsonl"))
+
+
+def read_journal(path: Path, config: dict) -> tuple[dict, dict[str, dict]]:
+    """A journal's header and its rows by query id. A torn last line (a kill mid-write) is dropped; anything else
+    malformed, or settings that differ from ``config``, stops with the file, line and field."""
+    lines = path.read_bytes().split(b"\n")
+    complete = lines[:-1]   # the part after the last newline is empty, or a line torn by a kill
+    if not complete:
+        raise SystemExit(f"{path}: empty journal (no header); delete it")
+    rows: dict[str, dict] = {}
+    header: dict = {}
+    for n, raw in enumerate(complete, start=1):
+        try:
+            row = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise SystemExit(f"{path}, line {n}: not JSON ({exc}); delete the journal to rerun its queries") from None
+        if n == 1:
+            if not isinstance(row, dict) or row.get("journal") != JOURNAL_VERSION or not isinstance(row.get("config"), dict):
+                raise SystemExit(f"{path}, line 1: not a version-{JOURNAL_VERSION} rerank journal header")
+            theirs = row["config"]
+            differ = [f"{k} {theirs.get(k)!r} there, {config.get(k)!r} here"
+                      for k in sorted(set(theirs) | set(config)) if theirs.get(k) != config.get(k)]
+            if differ:
+                raise SystemExit(f"{path}: written with other settings ({'; '.join(differ)}); "
+                                 "use another --name, or the same settings")
+            header = row
+            continue
+        hits = row.get("hits") if isinstance(row, dict) else None
+        if not (isinstance(row, dict) and isinstance(row.get("qid"), str) and isinstance(row.get("seconds"), (int, float))
+                and isinstance(hits, list) and all(isinstance(h, list) and len(h) == 4 and isinstance(h[0], str)
+                                                   and all(isinstance(x, (int, float)) for x in h[1:3])
+                                                   and isinstance(h[3], bool) for h in hits)):
+            raise SystemExit(f"{path}, line {n}: expected {{qid, seconds, hits: [[id, score, first_stage_score, "
+                             "reranked], ...]}}; delete the journal to rerun its queries")
+        rows[row["qid"]] = row
+    return header, rows
+
+
+class Journal:
+    """Appends one JSON line per reranked query, flushed and fsynced, so a kill loses at most the query in flight."""
+
+    def __init__(self, path: Path, header: dict) -> None:
+        if path.exists():   # cut a line torn by a kill before appending after it
+            data = path.read_bytes()
+            with open(path, "r+b") as fh:
+                fh.truncate(data.rfind(b"\n") + 1)
+        self.fh = open(path, "a", encoding="utf-8")
+        if self.fh.tell() == 0:
+            self.write(header)
+
+    def write(self, row: dict) -> None:
+        self.fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.fh.flush()
+        os.fsync(self.fh.fileno())
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+def journal_row(qid: str, seconds: float, out: list) -> dict:
+    """One query's reranked list as a journal line."""
+    return {"qid": qid, "seconds": round(seconds, 4),
+            "hits": [[h.id, float(h.score), float(h.extra.get("first_stage_score", h.score)),
+                      bool(h.extra.get("reranked"))] for h in out]}
+
+
+def hits_of(row: dict) -> list:
+    """A journal line's reranked list as hits, as the reranker returned them."""
+    return [Hit(doc, score, rank=rank, extra={"first_stage_score": first, "reranked": reranked})
+            for rank, (doc, score, first, reranked) in enumerate(row["hits"], start=1)]
 
 
 def metrics_of(qrels: dict, run: dict) -> dict:
@@ -81,33 +193,69 @@ def main(argv: list[str] | None = None) -> dict:
     random.Random(args.seed).shuffle(qids)
     if args.max_queries is not None:
         qids = qids[: args.max_queries]
-
-    retriever = Retriever.from_documents(dataset.corpus_path, method="bm25", show_progress=False)
-    first = retriever.retrieve_batch([dataset.queries[q] for q in qids], k=args.depth)
     options = dict(parse_option(o) for o in args.option)
-    start = time.perf_counter()
-    reranker = load_reranker(args.reranker, **options)
-    load_seconds = time.perf_counter() - start
-
     if args.interpolate and "interpolate" in options:
         raise SystemExit("--interpolate sweeps need the reranker's raw scores: drop --option interpolate=...")
-    if args.sub_depth and not getattr(reranker, "scores_each_passage", False):
-        raise SystemExit(f"--sub-depth needs a reranker that scores each passage on its own; {args.reranker!r} "
-                         "does not (a listwise window's order depends on all its passages): run each depth")
     if any(not 0 < n < args.depth for n in args.sub_depth):
         raise SystemExit(f"--sub-depth values must lie between 0 and --depth ({args.depth})")
-    reranked, seconds = {}, 0.0
+
+    name = args.name or f"rerank-{args.reranker.split(':')[0]}-top{args.depth}"
+    runs_folder = Path(args.out) / f"{name}-runs"
+    config = journal_config(args)
+    journals = journal_paths(runs_folder)
+    own = runs_folder / (f"journal.shard-{args.shard[0]}-of-{args.shard[1]}.jsonl" if args.shard else "journal.jsonl")
+    clash = [p for p in journals if p == own or not args.shard]   # other shards' journals may be written meanwhile
+    if clash and not args.resume:
+        raise SystemExit(f"{runs_folder} holds the journal of an unfinished run ({clash[0].name}): pass --resume "
+                         "to continue it, or choose another --name")
+    headers, rows = [], {}
+    for path in journals:
+        header, found = read_journal(path, config)
+        headers.append(header)
+        rows.update(found)
+    mine = qids[args.shard[0]::args.shard[1]] if args.shard else qids
+    todo = [q for q in mine if q not in rows]
+
+    retriever = Retriever.from_documents(dataset.corpus_path, method="bm25", show_progress=False)
+    first = dict(zip(qids, retriever.retrieve_batch([dataset.queries[q] for q in qids], k=args.depth)))
+    if args.sub_depth and not getattr(reranker_class(args.reranker), "scores_each_passage", False):
+        raise SystemExit(f"--sub-depth needs a reranker that scores each passage on its own; {args.reranker!r} "
+                         "does not (a listwise window's order depends on all its passages): run each depth")
+    reranker, load_seconds, seconds, settings = None, 0.0, 0.0, headers[0]["settings"] if headers else None
+    here: list[str] = []
+    if todo:
+        start = time.perf_counter()
+        reranker = load_reranker(args.reranker, **options)
+        load_seconds, settings = time.perf_counter() - start, describe(reranker)
+        runs_folder.mkdir(parents=True, exist_ok=True)
+        journal = Journal(own, {"journal": JOURNAL_VERSION, "config": config, "settings": settings})
+        try:
+            for qid in todo:
+                if args.time_budget is not None and seconds >= args.time_budget:
+                    break
+                tic = time.perf_counter()
+                out = reranker.rerank(dataset.queries[qid], first[qid])
+                took = time.perf_counter() - tic
+                seconds += took
+                assert sorted(h.id for h in out) == sorted(h.id for h in first[qid]), "reranker lost or duplicated hits"
+                rows[qid] = journal_row(qid, took, out)
+                journal.write(rows[qid])
+                here.append(qid)
+        finally:
+            journal.close()
+    if args.shard:
+        left = [q for q in mine if q not in rows]
+        print(f"shard {args.shard[0]}/{args.shard[1]}: {len(mine) - len(left)} of its {len(mine)} queries in "
+              f"{runs_folder}; merge with --resume and no --shard")
+        return {"shard": list(args.shard), "queries": len(mine) - len(left), "of_queries": len(mine)}
+
+    reranked: dict[str, dict] = {}
     fused: dict[float, dict] = {w: {} for w in args.interpolate}
     subs: dict[int, dict[str, dict]] = {n: {"bm25": {}, "reranked": {}, **{f"interpolate-{w}": {}
                                                                           for w in args.interpolate}}
                                          for n in args.sub_depth}
-    for qid, hits in zip(qids, first):
-        if args.time_budget is not None and seconds >= args.time_budget:
-            break
-        tic = time.perf_counter()
-        out = reranker.rerank(dataset.queries[qid], hits)
-        seconds += time.perf_counter() - tic
-        assert sorted(h.id for h in out) == sorted(h.id for h in hits), "reranker lost or duplicated hits"
+    for qid in (q for q in qids if q in rows):   # the seeded order, whichever process reranked each query
+        hits, out = first[qid], hits_of(rows[qid])
         reranked[qid] = {h.id: h.score for h in out}
         head = [h for h in out if h.extra.get("reranked")]
         for w in args.interpolate:
@@ -122,8 +270,9 @@ def main(argv: list[str] | None = None) -> dict:
             for w in args.interpolate:
                 runs_n[f"interpolate-{w}"][qid] = dict(zip((h.id for h in top),
                                                            interpolate_first_stage([h.score for h in top], top, w)))
+    total_seconds = sum(rows[q]["seconds"] for q in reranked)
     done = list(reranked)
-    bm25_run = {q: {h.id: h.score for h in hits} for q, hits in zip(qids, first) if q in reranked}
+    bm25_run = {q: {h.id: h.score for h in first[q]} for q in done}
     qrels = {q: dataset.qrels[q] for q in done}
     before = evaluate(qrels, bm25_run, k_values=(10, args.depth))
     after = evaluate(qrels, reranked, k_values=(10, args.depth))
@@ -131,23 +280,24 @@ def main(argv: list[str] | None = None) -> dict:
     significance = paired_tests(qrels, runs, paired=len(done) >= 2)
     result = {
         "dataset": args.dataset, "split": args.split, "reranker": args.reranker, "options": options,
-        "settings": describe(reranker), "depth": args.depth, "queries": len(done), "of_queries": len(dataset.queries),
-        "seconds": round(seconds, 1), "load_seconds": round(load_seconds, 1),
-        "queries_per_s": round(len(done) / seconds, 4) if seconds else None,
+        "settings": settings, "depth": args.depth, "queries": len(done), "of_queries": len(dataset.queries),
+        # seconds: summed over the queries of every process that wrote a journal (a shard's own core each)
+        "seconds": round(total_seconds, 1), "load_seconds": round(load_seconds, 1),
+        "queries_per_s": round(len(done) / total_seconds, 4) if total_seconds else None,
+        "reranked_here": len(here), "from_journals": len(done) - len(here),
         "bm25": {m: round(before[m], 4) for m in (*METRICS, f"Recall@{args.depth}")},
         "reranked": {m: round(after[m], 4) for m in (*METRICS, f"Recall@{args.depth}")},
         "interpolated": {str(w): metrics_of(qrels, fused[w]) for w in args.interpolate},
         "vs_bm25_nDCG@10": significance,
         "sub_depths": {str(n): score_runs(qrels, runs_n, paired=len(done) >= 2) for n, runs_n in subs.items()},
         # LLM rerankers: how the model answered (listwise: ids named; pointwise: mass on the answer tokens;
-        # query likelihood: query tokens and their mean log-prob)
+        # query likelihood: query tokens and their mean log-prob), over the queries this process reranked
         "reply_stats": reranker.stats.to_dict() if hasattr(reranker, "stats") else None,
         "cpu_flags": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "amx_int8", "avx512_bf16"}),
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "command": "python benchmarks/rerank.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": time.strftime("%Y-%m-%d"),
     }
-    name = args.name or f"rerank-{args.reranker.split(':')[0]}-top{args.depth}"
     out = Path(args.out) / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2), encoding="utf-8")
@@ -170,6 +320,11 @@ def main(argv: list[str] | None = None) -> dict:
                           for k, v in block.items() if k not in ("bm25", "vs_bm25_nDCG@10")))
     if result["reply_stats"]:
         print(f"  replies: {result['reply_stats']}")
+    if len(done) == len(qids):   # finished: the JSON and TREC files are the record now
+        for path in journal_paths(runs_folder):
+            path.unlink()
+    else:
+        print(f"  {len(qids) - len(done)} queries left: rerun with --resume to continue")
     return result
 
 

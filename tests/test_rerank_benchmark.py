@@ -76,3 +76,78 @@ def test_every_reranker_kind_declares_whether_scores_are_independent() -> None:
     for kind, target in RERANKERS.items():
         module, _, name = target.partition(":")
         assert isinstance(getattr(getattr(importlib.import_module(module), name), "scores_each_passage"), bool), kind
+
+
+def _common(beir: Path, tmp_path: Path, model: Path) -> list[str]:
+    return ["--data", str(beir), "--reranker", f"cross-encoder:{model}", "--depth", "8", "--sub-depth", "4",
+            "--interpolate", "0.5", "--out", str(tmp_path), "--name", "j"]
+
+
+def _same_result(a: dict, b: dict) -> None:
+    for key in ("queries", "bm25", "reranked", "interpolated", "vs_bm25_nDCG@10", "sub_depths", "settings"):
+        assert a[key] == b[key], key
+
+
+@pytest.fixture(scope="module")
+def ce_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_bert_cross_encoder(tmp_path_factory.mktemp("ce") / "ce")
+
+
+def test_a_stopped_run_resumes_to_the_uninterrupted_result(beir: Path, tmp_path: Path, ce_model: Path) -> None:
+    whole = rerank_benchmark.main(_common(beir, tmp_path / "whole", ce_model))
+    assert whole["queries"] == 6 and not list((tmp_path / "whole" / "j-runs").glob("journal*"))
+    part = tmp_path / "part"
+    first = rerank_benchmark.main(_common(beir, part, ce_model) + ["--time-budget", "1e-9"])   # one query, then stop
+    assert first["queries"] == 1 and (part / "j-runs" / "journal.jsonl").exists()
+    with pytest.raises(SystemExit, match="unfinished run.*--resume"):
+        rerank_benchmark.main(_common(beir, part, ce_model))
+    with pytest.raises(SystemExit, match=r"other settings \(depth 8 there, 9 here\)"):
+        rerank_benchmark.main(_common(beir, part, ce_model)[:-10] + ["--depth", "9", "--out", str(part),
+                                                                      "--name", "j", "--resume"])
+    rest = rerank_benchmark.main(_common(beir, part, ce_model) + ["--resume"])
+    _same_result(rest, whole)
+    assert (rest["reranked_here"], rest["from_journals"]) == (5, 1)
+    assert not list((part / "j-runs").glob("journal*"))            # finished: the journal is gone
+    for trec in (tmp_path / "whole" / "j-runs").glob("*.trec"):
+        assert _run_scores(trec) == _run_scores(part / "j-runs" / trec.name), trec.name
+
+
+def test_shards_merge_to_the_single_process_result(beir: Path, tmp_path: Path, ce_model: Path) -> None:
+    whole = rerank_benchmark.main(_common(beir, tmp_path / "whole", ce_model))
+    out = tmp_path / "sharded"
+    for i in range(3):
+        shard = rerank_benchmark.main(_common(beir, out, ce_model) + ["--shard", f"{i}/3"])
+        assert shard == {"shard": [i, 3], "queries": 2, "of_queries": 2}
+    assert sorted(p.name for p in (out / "j-runs").glob("journal*")) == [
+        f"journal.shard-{i}-of-3.jsonl" for i in range(3)]
+    merged = rerank_benchmark.main(_common(beir, out, ce_model) + ["--resume"])
+    _same_result(merged, whole)
+    assert (merged["reranked_here"], merged["from_journals"], merged["reply_stats"]) == (0, 6, None)
+    assert not list((out / "j-runs").glob("journal*"))
+
+
+def test_a_torn_journal_line_is_rerun_and_a_bad_one_is_named(beir: Path, tmp_path: Path, ce_model: Path) -> None:
+    whole = rerank_benchmark.main(_common(beir, tmp_path / "whole", ce_model))
+    rerank_benchmark.main(_common(beir, tmp_path, ce_model) + ["--shard", "0/2"])
+    journal = tmp_path / "j-runs" / "journal.shard-0-of-2.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    assert len(lines) == 4                                           # header + 3 queries
+    journal.write_text("".join(lines[:3]) + lines[3][:25])           # killed while writing the last query
+    again = rerank_benchmark.main(_common(beir, tmp_path, ce_model) + ["--shard", "0/2", "--resume"])
+    assert again["queries"] == 3
+    assert journal.read_text().count("\n") == 4 and journal.read_text().endswith("\n")   # torn part cut, line rewritten
+    journal.write_text(lines[0] + "{not json\n" + "".join(lines[2:]))
+    with pytest.raises(SystemExit, match=r"journal.shard-0-of-2.jsonl, line 2: not JSON"):
+        rerank_benchmark.main(_common(beir, tmp_path, ce_model) + ["--resume"])
+    journal.write_text(lines[0] + json.dumps({"qid": "q1", "seconds": 1, "hits": [["d1", 1.0, 2.0]]}) + "\n")
+    with pytest.raises(SystemExit, match=r"line 2: expected \{qid, seconds, hits"):
+        rerank_benchmark.main(_common(beir, tmp_path, ce_model) + ["--resume"])
+    journal.write_text("".join(lines))
+    _same_result(rerank_benchmark.main(_common(beir, tmp_path, ce_model) + ["--resume"]), whole)
+
+
+def test_shard_argument_is_checked() -> None:
+    for bad in ("2/2", "-1/2", "a/b", "1"):
+        with pytest.raises(SystemExit):
+            rerank_benchmark.parse_args(["--reranker", "x", "--shard", bad])
+    assert rerank_benchmark.parse_args(["--reranker", "x", "--shard", "1/3"]).shard == (1, 3)

@@ -51,14 +51,19 @@ def _call_with_options(factory: Any, kind: str, model: str | None, options: dict
         raise ValueError(f"reranker {kind!r}: {exc}; see retrieval.rerank.registry's docstring for its options") from None
 
 
-def load_reranker(spec: str, **options: Any) -> Reranker:
-    """Build a reranker from ``KIND[:MODEL]`` (see the module docstring); ``options`` tune it."""
-    kind, _, model = spec.partition(":")
+def reranker_class(spec: str) -> type:
+    """The class a ``KIND[:MODEL]`` spec names, imported but not built (for its class attributes)."""
+    kind = spec.partition(":")[0]
     if kind not in RERANKERS:
         raise ValueError(f"unknown reranker {kind!r} in spec {spec!r}; choose one of {sorted(RERANKERS)}")
     module, name = RERANKERS[kind].split(":")
-    factory = getattr(importlib.import_module(module), name).from_spec
-    return _call_with_options(factory, kind, model or None, options)
+    return getattr(importlib.import_module(module), name)
+
+
+def load_reranker(spec: str, **options: Any) -> Reranker:
+    """Build a reranker from ``KIND[:MODEL]`` (see the module docstring); ``options`` tune it."""
+    kind, _, model = spec.partition(":")
+    return _call_with_options(reranker_class(spec).from_spec, kind, model or None, options)
 
 
 def parse_option(text: str) -> tuple[str, Any]:
