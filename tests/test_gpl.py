@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 pytest.importorskip("sentence_transformers")
 
@@ -89,6 +90,22 @@ def _fake_generator(monkeypatch) -> FakeGenerator:
                                            ("What is X? It is Y.", "What is X?")])
 def test_normalise_query_keeps_one_clean_line(raw, expected) -> None:
     assert normalise_query(raw) == expected
+
+
+@given(st.text(alphabet=st.sampled_from(list("ab1 .:-*\"(\n\t?Q")), max_size=40))
+def test_a_reply_cut_at_its_first_line_normalises_to_the_same_query(raw: str) -> None:
+    from retrieval.rerank.llm.prompts import first_line, first_line_end
+
+    assert normalise_query(first_line(raw)) == normalise_query(raw)   # generation may stop there
+    end = first_line_end(raw)
+    assert end is None or (raw[end] == "\n" and first_line(raw) == raw[:end])
+
+
+def test_first_line_waits_for_a_line_with_a_word() -> None:
+    from retrieval.rerank.llm.prompts import first_line_end
+
+    assert first_line_end("\n  \n- \nWhy mice?\nmore") == 16
+    assert first_line_end("Why mice?") is None and first_line_end("\n\n") is None
 
 
 def test_copy_overlap_counts_word_trigrams_found_in_the_document() -> None:
@@ -189,6 +206,37 @@ def test_plain_generator_buffers_reach_llama_cpp_and_key_the_generation_cache(mo
     assert key["buffers"] == "plain"
     with pytest.raises(ValueError, match="generator_buffers"):
         dataclasses.replace(config, generator_buffers="amx")
+
+
+def test_llm_generator_batching_and_dtype_reach_transformers_and_key_the_cache(models, tmp_path, monkeypatch) -> None:
+    fake, seen = FakeGenerator(), []
+
+    def load(*args, **kwargs):
+        seen.append(kwargs)
+        return fake
+    monkeypatch.setattr(pipeline, "load_generator", load)
+    config = _config(models, tmp_path / "run", generator=models["llm"])
+    pipeline.gpl_triples(config)
+    key = json.loads((tmp_path / "run" / "gpl" / "generate" / "manifest.json").read_text())["key"]
+    assert key["batch"] == 16 and "dtype" not in key and (seen[-1]["batch_size"], seen[-1]["dtype"]) == (16, None)
+    pipeline.gpl_triples(dataclasses.replace(config, generator_dtype="bfloat16", generator_batch_size=4))
+    key = json.loads((tmp_path / "run" / "gpl" / "generate" / "manifest.json").read_text())["key"]
+    assert len(seen) == 2 and (key["batch"], key["dtype"]) == (4, "bfloat16")
+    assert (seen[-1]["batch_size"], seen[-1]["dtype"]) == (4, "bfloat16")
+    with pytest.raises(ValueError, match="generator_dtype"):
+        dataclasses.replace(config, generator_dtype="int3")
+
+
+def test_the_llm_generator_batches_a_chunk_as_it_would_write_each_query_alone(models) -> None:
+    from retrieval.rerank.llm.prompts import first_line
+    from training.gpl.generate import generate_all, load_generator, query_prompt
+
+    passages = ["mice cancer cells gene", "tower paris iron city music song built", "heart"]
+    batched = load_generator(models["llm"], max_tokens=6, batch_size=4)
+    one = load_generator(models["llm"], max_tokens=6, batch_size=1)
+    replies = generate_all(batched, passages, 2, [0, 1, 2])
+    assert replies == generate_all(one, passages, 2, [0, 1, 2])
+    assert replies == [[first_line(one.backend.complete(query_prompt(p, i), 6)) for i in range(2)] for p in passages]
 
 
 def test_fit_scale_fits_the_student_margins_to_the_teacher_once_and_resumes_with_it(models, tmp_path) -> None:

@@ -184,3 +184,20 @@ def test_gemma_without_chat_template_gets_its_bos_in_both_runtimes() -> None:
     hf.plain_bos = ""
     without = np.array([r.mean() for r in hf.continuation_logprobs(prompts, [QUERY] * len(prompts))])
     assert with_bos.mean() > without.mean() + 0.5
+
+
+def test_first_line_replies_stop_early_and_equal_the_full_replys_first_line(runtimes) -> None:
+    from retrieval.rerank.llm.prompts import first_line
+
+    hf, cpp = runtimes
+    prompts = [[{"role": "user", "content": f"Passage: {p}\n\nWrite a question that this passage answers."}]
+               for p in PASSAGES]
+    for backend in (cpp, hf):
+        full = [backend.complete(p, 40) for p in prompts]
+        before = getattr(backend, "tokens_evaluated", 0)
+        short = backend.complete_many(prompts, 40, first_line=True)
+        assert short == [first_line(r) for r in full], type(backend).__name__
+        assert all("\n" not in s.strip("\n") for s in short)
+        if backend is cpp:   # it stopped at each line's end instead of running on to 40 tokens
+            multi_line = sum(r.strip().count("\n") > 0 for r in full)
+            assert multi_line == 0 or backend.tokens_evaluated - before < 40 * len(prompts)

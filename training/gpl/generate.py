@@ -20,7 +20,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from retrieval.rerank.llm.prompts import Messages
+from retrieval.rerank.llm.prompts import Messages, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -47,15 +47,36 @@ class QueryGenerator(Protocol):
     def generate(self, passage: str, n: int, seed: int) -> list[str]: ...
 
 
-class LLMQueryGenerator:
-    """A chat LLM backend (:mod:`retrieval.rerank.llm.backends`) prompted once per query, greedy."""
+def generate_all(generator: QueryGenerator, passages: Sequence[str], n: int, seeds: Sequence[int]) -> list[list[str]]:
+    """``n`` raw queries per passage: in one call where the generator batches (``generate_many``), else in turn."""
+    many = getattr(generator, "generate_many", None)
+    if many is not None:
+        return many(passages, n, seeds)
+    return [generator.generate(p, n, s) for p, s in zip(passages, seeds)]
 
-    def __init__(self, backend: Any, max_tokens: int = 48) -> None:
+
+class LLMQueryGenerator:
+    """A chat LLM backend (:mod:`retrieval.rerank.llm.backends`) prompted once per query, greedy. Each reply
+    ends with its first line that holds a word (all the filter reads), so local backends stop generating there;
+    backends with ``complete_many`` get a whole chunk of prompts at once (transformers batches them)."""
+
+    def __init__(self, backend: Any, max_tokens: int = 48, first_line: bool = True) -> None:
         self.backend = backend
         self.max_tokens = max_tokens
+        self.first_line = first_line   # False: whole replies, to max_tokens (what GPL generated before)
 
     def generate(self, passage: str, n: int, seed: int) -> list[str]:
-        return [self.backend.complete(query_prompt(passage, i), self.max_tokens) for i in range(n)]
+        return self.generate_many([passage], n, [seed])[0]
+
+    def generate_many(self, passages: Sequence[str], n: int, seeds: Sequence[int]) -> list[list[str]]:
+        """``n`` replies per passage (greedy, so the seeds are unused)."""
+        prompts = [query_prompt(p, i) for p in passages for i in range(n)]
+        if hasattr(self.backend, "complete_many"):
+            replies = self.backend.complete_many(prompts, self.max_tokens, first_line=self.first_line)
+        else:
+            replies = [self.backend.complete(p, self.max_tokens) for p in prompts]
+            replies = [first_line(r) for r in replies] if self.first_line else replies
+        return [replies[k * n:(k + 1) * n] for k in range(len(passages))]
 
 
 class Seq2SeqQueryGenerator:
@@ -94,9 +115,11 @@ def document_seed(seed: int, doc_id: str) -> int:
 
 
 def load_generator(spec: str, max_tokens: int = 48, device: str = "cpu", threads: int | None = None,
-                   convert: str | None = "f16", extra_buffers: bool = True) -> QueryGenerator:
+                   convert: str | None = "f16", extra_buffers: bool = True, dtype: str | None = None,
+                   batch_size: int = 8) -> QueryGenerator:
     """The generator a spec names (see the module docstring); ``convert`` re-types a llama-cpp GGUF (None: as
-    shipped) and ``extra_buffers=False`` runs it on plain CPU buffers. ValueError for an unknown kind."""
+    shipped) and ``extra_buffers=False`` runs it on plain CPU buffers; ``dtype`` and ``batch_size`` set a local
+    ``llm:`` model's weights type and prompts per batch. ValueError for an unknown kind."""
     from retrieval.rerank.llm.backends import load_backend
 
     kind, _, model = spec.partition(":")
@@ -108,7 +131,8 @@ def load_generator(spec: str, max_tokens: int = 48, device: str = "cpu", threads
                                               extra_buffers=extra_buffers, **options), max_tokens)
     if kind == "llm":
         is_http = model.startswith(("http://", "https://"))
-        return LLMQueryGenerator(load_backend(model, **({} if is_http else {"device": device})), max_tokens)
+        local = {"device": device, "batch_size": batch_size, **({"dtype": dtype} if dtype else {})}
+        return LLMQueryGenerator(load_backend(model, **({} if is_http else local)), max_tokens)
     raise ValueError(f"generator {spec!r}: kind must be llama-cpp, llm or seq2seq")
 
 

@@ -31,7 +31,7 @@ from retrieval.types import Document
 from training.config import GPLConfig
 from training.gpl.cache import Stage, digest, field_of, read_jsonl, write_jsonl
 from training.gpl.filter import GeneratedQuery, filter_queries
-from training.gpl.generate import document_seed, generator_identity, load_generator, passages_of
+from training.gpl.generate import document_seed, generate_all, generator_identity, load_generator, passages_of
 from training.gpl.label import QueryScores, fused_label_queries, label_queries, load_teacher
 from training.gpl.mine import MinedQuery, mine_negatives
 from training.sentences import read_corpus
@@ -95,6 +95,10 @@ def generate_stage(config: GPLConfig, root: Path, docs: Sequence[Document], devi
            "documents": digest([[d.id, p] for d, p in zip(docs, passages)])}
     if config.generator.startswith("llama-cpp:") and config.generator_buffers != "extra":
         key["buffers"] = config.generator_buffers     # only when set, so caches made before the option stay valid
+    if config.generator.startswith("llm:") and not config.generator.startswith(("llm:http://", "llm:https://")):
+        key["batch"] = config.generator_batch_size     # batched greedy decoding pads prompts: part of the result
+        if config.generator_dtype:
+            key["dtype"] = config.generator_dtype
     stage, started = Stage(root / "generate", key), time.perf_counter()
     if not stage.complete:
         resumed = stage.done_rows()
@@ -102,12 +106,13 @@ def generate_stage(config: GPLConfig, root: Path, docs: Sequence[Document], devi
             logger.info("generation: resuming at document %d of %d", resumed, len(docs))
         convert = None if config.generator_convert == "none" else config.generator_convert
         generator = load_generator(config.generator, config.max_query_tokens, device, config.threads, convert,
-                                   extra_buffers=config.generator_buffers == "extra")
+                                   extra_buffers=config.generator_buffers == "extra", dtype=config.generator_dtype,
+                                   batch_size=config.generator_batch_size)
 
-        def work(start: int, end: int) -> list[dict[str, Any]]:
-            return [{"doc": docs[i].id, "queries": generator.generate(passages[i], config.queries_per_doc,
-                                                                      document_seed(config.seed, docs[i].id))}
-                    for i in range(start, end)]
+        def work(start: int, end: int) -> list[dict[str, Any]]:   # one chunk's documents, batched together
+            replies = generate_all(generator, passages[start:end], config.queries_per_doc,
+                                   [document_seed(config.seed, docs[i].id) for i in range(start, end)])
+            return [{"doc": docs[i].id, "queries": r} for i, r in zip(range(start, end), replies)]
 
         with _progress(config, len(docs), resumed, "GPL 1/4 generate queries") as bar:
             run_chunks(stage, len(docs), config.chunk_size, work, bar)

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from retrieval.errors import LLMError, MissingDependency
 from retrieval.models import DEFAULT_LLM, resolve_model
-from retrieval.rerank.llm.prompts import Messages, render_chatml, render_plain
+from retrieval.rerank.llm.prompts import Messages, first_line_end, render_chatml, render_plain
+from retrieval.rerank.llm.prompts import first_line as _first_line
 from retrieval.rerank.llm.replies import (choice_scores, logsumexp, model_id, parse_json, prompt_logprobs,
                                           reply_text)
 from retrieval.rerank.llm.tokens import choice_token_ids, count as _count
@@ -174,14 +175,42 @@ class HFCausalLM:
 
     def complete(self, prompt: Messages, max_tokens: int) -> str:
         """Greedy decoding of at most ``max_tokens`` new tokens."""
-        import torch
+        return self.complete_many([prompt], max_tokens)[0]
 
-        batch = self._encode([self.render(prompt)])
-        batch.pop("position_ids")
-        with torch.inference_mode():
-            output = self.model.generate(**batch, max_new_tokens=max_tokens, do_sample=False,
-                                         pad_token_id=self.tokenizer.pad_token_id)
-        return self.tokenizer.decode(output[0, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    def complete_many(self, prompts: Sequence[Messages], max_tokens: int, first_line: bool = False) -> list[str]:
+        """Greedy replies to many prompts, ``batch_size`` at a time (left-padded, shortest prompts together).
+        ``first_line``: each reply ends with its first line that holds a word, and a batch stops generating once
+        every row has one (GPL's queries), instead of running on to ``max_tokens``."""
+        import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        tokenizer = self.tokenizer
+
+        class FirstLineDone(StoppingCriteria):
+            def __init__(self, prompt_width: int) -> None:
+                self.prompt_width = prompt_width
+
+            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+                texts = tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
+                return torch.tensor([first_line_end(t) is not None for t in texts], device=input_ids.device)
+
+        texts = [self.render(p) for p in prompts]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out: list[str] = [""] * len(texts)
+        for start in tqdm(range(0, len(order), self.batch_size), desc="LLM generation", unit="batch",
+                          disable=not self.show_progress):
+            idx = order[start:start + self.batch_size]
+            batch = self._encode([texts[i] for i in idx])
+            batch.pop("position_ids")   # generate() derives them from the attention mask
+            width = batch["input_ids"].shape[1]
+            stop = StoppingCriteriaList([FirstLineDone(width)]) if first_line else None
+            with torch.inference_mode():
+                output = self.model.generate(**batch, max_new_tokens=max_tokens, do_sample=False,
+                                             pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=stop)
+            for row, i in enumerate(idx):
+                reply = self.tokenizer.decode(output[row, width:], skip_special_tokens=True)
+                out[i] = _first_line(reply) if first_line else reply
+        return out
 
 
 class OpenAIBackend:
@@ -269,6 +298,17 @@ class OpenAIBackend:
     def complete(self, prompt: Messages, max_tokens: int) -> str:
         """The greedy (temperature 0) reply text."""
         return reply_text(self._chat(prompt, max_tokens=max_tokens), f"{self.base_url}/chat/completions")
+
+    def complete_many(self, prompts: Sequence[Messages], max_tokens: int, first_line: bool = False) -> list[str]:
+        """Greedy replies, ``concurrency`` requests at a time; ``first_line`` keeps each reply's first line that
+        holds a word (the server still generates up to ``max_tokens``)."""
+        if not prompts:
+            return []
+        self.model
+        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+            replies = list(tqdm(pool.map(lambda p: self.complete(p, max_tokens), prompts), total=len(prompts),
+                                desc="LLM generation", disable=not self.show_progress))
+        return [_first_line(r) for r in replies] if first_line else replies
 
     def _one_choice_logprobs(self, prompt: Messages, choices: Sequence[str]) -> list[float]:
         reply = self._chat(prompt, max_tokens=1, logprobs=True, top_logprobs=self.top_logprobs)

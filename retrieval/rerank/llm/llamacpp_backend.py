@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from retrieval.errors import LLMError, MissingDependency
 from retrieval.models import DEFAULT_LLM, resolve_model
 from retrieval.rerank.llm.gguf_probe import runnable_gguf
-from retrieval.rerank.llm.prompts import Messages, render_plain
+from retrieval.rerank.llm.prompts import Messages, first_line_end, render_plain
+from retrieval.rerank.llm.prompts import first_line as _first_line
 from retrieval.rerank.llm.replies import logsumexp
 from retrieval.rerank.llm.tokens import choice_token_ids, count, log_softmax
 
@@ -247,8 +248,9 @@ class LlamaCppLM:
             out.append(logprobs[np.arange(len(target)), target].astype(np.float64))
         return out
 
-    def complete(self, prompt: Messages, max_tokens: int) -> str:
-        """Greedy decoding of at most ``max_tokens`` new tokens (stops at end-of-generation)."""
+    def complete(self, prompt: Messages, max_tokens: int, first_line: bool = False) -> str:
+        """Greedy decoding of at most ``max_tokens`` new tokens (stops at end-of-generation). ``first_line``: stop
+        once a line that holds a word is complete, and return that line (GPL's queries; the rest is never read)."""
         tokens = self._fit(self.tokenize(self.render(prompt)))
         generated: list[int] = []
         for _ in range(max_tokens):
@@ -256,9 +258,19 @@ class LlamaCppLM:
             if self.llm.token_eos() == token or _is_end_of_generation(self.llm, token):
                 break
             generated.append(token)
+            if first_line and b"\n" in self.llm.detokenize([token]):
+                text = self.llm.detokenize(generated).decode("utf-8", "replace")
+                if first_line_end(text) is not None:
+                    return _first_line(text)
             if len(tokens) + len(generated) >= self.n_ctx:
                 break
-        return self.llm.detokenize(generated).decode("utf-8", "replace")
+        text = self.llm.detokenize(generated).decode("utf-8", "replace")
+        return _first_line(text) if first_line else text
+
+    def complete_many(self, prompts: Sequence[Messages], max_tokens: int, first_line: bool = False) -> list[str]:
+        """:meth:`complete` for each prompt in turn (llama.cpp reuses the KV cache of a shared prefix)."""
+        return [self.complete(p, max_tokens, first_line) for p in tqdm(prompts, desc="LLM generation",
+                                                                       disable=not self.show_progress)]
 
 
 def _is_end_of_generation(llm: Any, token: int) -> bool:

@@ -82,6 +82,26 @@ def render_plain(messages: Messages, bos: str = "") -> str:
     return bos + "\n\n".join(parts) + "\n\nAssistant:"
 
 
+_WORD_CHAR = re.compile(r"\w")
+
+
+def first_line_end(text: str) -> int | None:
+    """The index of the newline that ends the first line holding a word character, or None while no such line is
+    complete. A one-line answer (a GPL query) can stop generating there: nothing after it is read."""
+    start = 0
+    for line in text.split("\n")[:-1]:          # complete lines only
+        if _WORD_CHAR.search(line):
+            return start + len(line)
+        start += len(line) + 1
+    return None
+
+
+def first_line(text: str) -> str:
+    """``text`` up to the end of its first line that holds a word character (all of it if no such line ended)."""
+    end = first_line_end(text)
+    return text if end is None else text[:end]
+
+
 _BRACKETED = re.compile(r"\[\s*(\d+)\s*\]")
 _BARE = re.compile(r"\d+")
 
