@@ -102,10 +102,8 @@ def read_journal(path: Path, config: dict) -> tuple[dict, dict[str, dict]]:
     malformed, or settings that differ from ``config``, stops with the file, line and field."""
     lines = path.read_bytes().split(b"\n")
     complete = lines[:-1]   # the part after the last newline is empty, or a line torn by a kill
-    if not complete:
-        raise SystemExit(f"{path}: empty journal (no header); delete it")
     rows: dict[str, dict] = {}
-    header: dict = {}
+    header: dict = {}       # stays empty for a journal killed before its header was whole (it holds no query)
     for n, raw in enumerate(complete, start=1):
         try:
             row = json.loads(raw)
@@ -221,7 +219,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.sub_depth and not getattr(reranker_class(args.reranker), "scores_each_passage", False):
         raise SystemExit(f"--sub-depth needs a reranker that scores each passage on its own; {args.reranker!r} "
                          "does not (a listwise window's order depends on all its passages): run each depth")
-    reranker, load_seconds, seconds, settings = None, 0.0, 0.0, headers[0]["settings"] if headers else None
+    settings = next((h["settings"] for h in headers if h), None)
+    reranker, load_seconds, seconds = None, 0.0, 0.0
     here: list[str] = []
     if todo:
         start = time.perf_counter()
