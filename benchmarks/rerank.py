@@ -255,6 +255,9 @@ def main(argv: list[str] | None = None) -> dict:
                                          for n in args.sub_depth}
     for qid in (q for q in qids if q in rows):   # the seeded order, whichever process reranked each query
         hits, out = first[qid], hits_of(rows[qid])
+        if sorted(h.id for h in out) != sorted(h.id for h in hits):
+            raise SystemExit(f"{runs_folder}: the journaled ranking of query {qid!r} is not a reordering of BM25's "
+                             f"top-{args.depth} here (another corpus?); delete the journals to rerun")
         reranked[qid] = {h.id: h.score for h in out}
         head = [h for h in out if h.extra.get("reranked")]
         for w in args.interpolate:

@@ -142,6 +142,13 @@ def test_a_torn_journal_line_is_rerun_and_a_bad_one_is_named(beir: Path, tmp_pat
     journal.write_text(lines[0] + json.dumps({"qid": "q1", "seconds": 1, "hits": [["d1", 1.0, 2.0]]}) + "\n")
     with pytest.raises(SystemExit, match=r"line 2: expected \{qid, seconds, hits"):
         rerank_benchmark.main(_common(beir, tmp_path, ce_model) + ["--resume"])
+    row = json.loads(lines[1])
+    row["hits"][0][0] = "not-a-doc"
+    journal.write_text(lines[0] + json.dumps(row) + "\n" + "".join(lines[2:]))
+    rerank_benchmark.main(_common(beir, tmp_path, ce_model) + ["--shard", "1/2"])
+    with pytest.raises(SystemExit, match=rf"ranking of query '{row['qid']}' is not a reordering"):
+        rerank_benchmark.main(_common(beir, tmp_path, ce_model) + ["--resume"])
+    (tmp_path / "j-runs" / "journal.shard-1-of-2.jsonl").unlink()
     journal.write_text(lines[0][:10])                                # killed while writing the header
     again = rerank_benchmark.main(_common(beir, tmp_path, ce_model) + ["--shard", "0/2", "--resume"])
     assert again["queries"] == 3 and journal.read_text().splitlines()[0] == lines[0].rstrip("\n")
