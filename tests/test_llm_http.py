@@ -108,6 +108,19 @@ def test_complete_returns_the_message_and_sends_the_key(server: FakeServer) -> N
     assert headers["Authorization"] == "Bearer k123"
 
 
+def test_complete_many_keeps_the_order_and_cuts_to_the_first_line(server: FakeServer) -> None:
+    def reply(payload: dict[str, Any]) -> tuple[int, Any]:
+        n = payload["messages"][0]["content"]
+        time.sleep(0.05 if n == "0" else 0.0)                      # the first request answers last
+        return 200, chat_reply(f"\n  \nQuery {n}: why?\nmore text {n}")
+    server.default = reply
+    backend = OpenAIBackend(server.url, "m", concurrency=4)
+    prompts = [[{"role": "user", "content": str(i)}] for i in range(6)]
+    assert backend.complete_many(prompts, 20) == [f"\n  \nQuery {i}: why?\nmore text {i}" for i in range(6)]
+    assert backend.complete_many(prompts, 20, first_line=True) == [f"\n  \nQuery {i}: why?" for i in range(6)]
+    assert backend.complete_many([], 20) == []
+
+
 def test_model_name_comes_from_the_models_listing(server: FakeServer) -> None:
     backend = OpenAIBackend.from_spec(server.url)
     backend.complete(MESSAGES, 5)
