@@ -189,38 +189,43 @@ def test_a_changed_setting_recomputes_its_stage_and_those_after_it(models, tmp_p
     assert len(fake.calls) == calls + len(DOCS)                     # a generator setting regenerates
 
 
-def test_plain_generator_buffers_reach_llama_cpp_and_key_the_generation_cache(models, tmp_path, monkeypatch) -> None:
+def _recording_generator(monkeypatch) -> list[dict]:
+    """Replace the generator loader by a fake one; the returned list fills with the options of each load."""
     fake, seen = FakeGenerator(), []
 
     def load(*args, **kwargs):
         seen.append(kwargs)
         return fake
     monkeypatch.setattr(pipeline, "load_generator", load)
+    return seen
+
+
+def _generation_key(out: Path) -> dict:
+    return json.loads((out / "gpl" / "generate" / "manifest.json").read_text())["key"]
+
+
+def test_plain_generator_buffers_reach_llama_cpp_and_key_the_generation_cache(models, tmp_path, monkeypatch) -> None:
+    seen = _recording_generator(monkeypatch)
     config = _config(models, tmp_path / "run", generator="llama-cpp:smollm2", generator_convert="q8_0")
     pipeline.gpl_triples(config)
-    key = json.loads((tmp_path / "run" / "gpl" / "generate" / "manifest.json").read_text())["key"]
+    key = _generation_key(tmp_path / "run")
     assert "buffers" not in key and seen[-1]["extra_buffers"] is True   # the default keeps older caches valid
     pipeline.gpl_triples(dataclasses.replace(config, generator_buffers="plain"))
     assert len(seen) == 2 and seen[-1]["extra_buffers"] is False         # another runtime: generated again
-    key = json.loads((tmp_path / "run" / "gpl" / "generate" / "manifest.json").read_text())["key"]
+    key = _generation_key(tmp_path / "run")
     assert key["buffers"] == "plain"
     with pytest.raises(ValueError, match="generator_buffers"):
         dataclasses.replace(config, generator_buffers="amx")
 
 
 def test_llm_generator_batching_and_dtype_reach_transformers_and_key_the_cache(models, tmp_path, monkeypatch) -> None:
-    fake, seen = FakeGenerator(), []
-
-    def load(*args, **kwargs):
-        seen.append(kwargs)
-        return fake
-    monkeypatch.setattr(pipeline, "load_generator", load)
+    seen = _recording_generator(monkeypatch)
     config = _config(models, tmp_path / "run", generator=models["llm"])
     pipeline.gpl_triples(config)
-    key = json.loads((tmp_path / "run" / "gpl" / "generate" / "manifest.json").read_text())["key"]
+    key = _generation_key(tmp_path / "run")
     assert key["batch"] == 16 and "dtype" not in key and (seen[-1]["batch_size"], seen[-1]["dtype"]) == (16, None)
     pipeline.gpl_triples(dataclasses.replace(config, generator_dtype="bfloat16", generator_batch_size=4))
-    key = json.loads((tmp_path / "run" / "gpl" / "generate" / "manifest.json").read_text())["key"]
+    key = _generation_key(tmp_path / "run")
     assert len(seen) == 2 and (key["batch"], key["dtype"]) == (4, "bfloat16")
     assert (seen[-1]["batch_size"], seen[-1]["dtype"]) == (4, "bfloat16")
     with pytest.raises(ValueError, match="generator_dtype"):

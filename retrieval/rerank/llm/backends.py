@@ -182,17 +182,6 @@ class HFCausalLM:
         ``first_line``: each reply ends with its first line that holds a word, and a batch stops generating once
         every row has one (GPL's queries), instead of running on to ``max_tokens``."""
         import torch
-        from transformers import StoppingCriteria, StoppingCriteriaList
-
-        tokenizer = self.tokenizer
-
-        class FirstLineDone(StoppingCriteria):
-            def __init__(self, prompt_width: int) -> None:
-                self.prompt_width = prompt_width
-
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                texts = tokenizer.batch_decode(input_ids[:, self.prompt_width:], skip_special_tokens=True)
-                return torch.tensor([first_line_end(t) is not None for t in texts], device=input_ids.device)
 
         texts = [self.render(p) for p in prompts]
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -203,7 +192,7 @@ class HFCausalLM:
             batch = self._encode([texts[i] for i in idx])
             batch.pop("position_ids")   # generate() derives them from the attention mask
             width = batch["input_ids"].shape[1]
-            stop = StoppingCriteriaList([FirstLineDone(width)]) if first_line else None
+            stop = _first_line_done(self.tokenizer, width) if first_line else None
             with torch.inference_mode():
                 output = self.model.generate(**batch, max_new_tokens=max_tokens, do_sample=False,
                                              pad_token_id=self.tokenizer.pad_token_id, stopping_criteria=stop)
@@ -211,6 +200,19 @@ class HFCausalLM:
                 reply = self.tokenizer.decode(output[row, width:], skip_special_tokens=True)
                 out[i] = _first_line(reply) if first_line else reply
         return out
+
+
+def _first_line_done(tokenizer: Any, prompt_width: int) -> Any:
+    """transformers stopping criteria: a row is done once its reply holds a whole line with a word."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class FirstLineDone(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            texts = tokenizer.batch_decode(input_ids[:, prompt_width:], skip_special_tokens=True)
+            return torch.tensor([first_line_end(t) is not None for t in texts], device=input_ids.device)
+
+    return StoppingCriteriaList([FirstLineDone()])
 
 
 class OpenAIBackend:
