@@ -124,7 +124,18 @@ def test_filter_counts_empty_duplicate_and_copied_queries() -> None:
                                                      ("d2-q1", "d2", "heart rate of mice")]
     assert counts.to_dict() == {"generated": 7, "kept": 2, "dropped": {"empty": 1, "duplicate_in_doc": 1,
                                                                        "duplicate_global": 1, "copied": 1,
-                                                                       "off_topic": 1}}
+                                                                       "off_topic": 1, "copied_example": 0}}
+
+
+def test_queries_that_repeat_a_worked_example_are_dropped() -> None:
+    raw = {"d1": ["Mice fed fat gain weight.", "mice fed fat gain weight", "Mice fed fat gain weight quickly",
+                  "Fat diets change heart rate in mice"]}
+    docs = {"d1": "The mice were fed a diet rich in fat and their heart rate rose"}
+    kept, counts = filter_queries(raw, docs, 0.75, examples=["Mice fed fat gain weight."])
+    assert [q.text for q in kept] == ["Fat diets change heart rate in mice"]
+    # the repeat, its case variant, and a near-copy sharing 3 of its 4 word trigrams with the example
+    assert counts.dropped["copied_example"] == 3 and counts.kept == 1
+    assert filter_queries(raw, docs, 0.75)[1].dropped["copied_example"] == 0      # no examples: none dropped
 
 
 # --- config and CLI ---------------------------------------------------------------------------------
@@ -161,7 +172,7 @@ def test_each_stage_is_cached_with_its_counts_and_a_rerun_skips_it(models, tmp_p
     # d8 starts with "heart" as d3 does: both its "why heart matters" are duplicates of d3's
     assert manifest["stats"] == {"generated": 50, "kept": 9, "dropped": {"empty": 10, "duplicate_in_doc": 9,
                                                                          "duplicate_global": 2, "copied": 10,
-                                                                         "off_topic": 10}}
+                                                                         "off_topic": 10, "copied_example": 0}}
     assert len(triples) == 9 * 2 and "why mice matters" in {t.query for t in triples}
     for stage in ("generate", "queries", "negatives", "labels"):
         assert json.loads((tmp_path / "run" / "gpl" / stage / "manifest.json").read_text())["complete"]
@@ -242,6 +253,112 @@ def test_the_llm_generator_batches_a_chunk_as_it_would_write_each_query_alone(mo
     replies = generate_all(batched, passages, 2, [0, 1, 2])
     assert replies == generate_all(one, passages, 2, [0, 1, 2])
     assert replies == [[first_line(one.backend.complete(query_prompt(p, i), 6)) for i in range(2)] for p in passages]
+
+
+# --- worked examples (few-shot generation) ------------------------------------------------------------
+
+def _write_examples(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_worked_examples_come_from_a_beir_split_or_a_jsonl_file(models, tmp_path) -> None:
+    from training.gpl.generate import Example, example_sets, read_examples
+
+    beir = read_examples(models["beir"], "test", max_words=3)
+    assert beir == [Example("what causes cancer in mice", "mice cancer cells"), Example("heart disease", "heart disease protein"),
+                    Example("tower in paris", "paris tower built")]
+    path = _write_examples(tmp_path / "ex.jsonl", [{"query": f"q{i}", "passage": f"p{i} x"} for i in range(7)])
+    examples = read_examples(str(path))
+    sets = example_sets(examples, shots=2, sets=3, seed=1)
+    assert [len(s) for s in sets] == [2, 2, 2] and len({e for s in sets for e in s}) == 6      # disjoint
+    assert sets == example_sets(examples, 2, 3, seed=1) != example_sets(examples, 2, 3, seed=2)  # seeded
+    assert len(example_sets(examples, shots=3, sets=5, seed=0)) == 2     # too few for 5 sets: 2 sets, reused in turn
+    with pytest.raises(ValueError, match="only 7 examples"):
+        example_sets(examples, shots=8, sets=1, seed=0)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"query": "a", "passage": "b"}\n\n{"query": "a"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.jsonl, line 3: .*\"passage\""):
+        read_examples(str(bad))
+    bad.write_text('{"query": "a", "passage": "b"}\nnot json\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad\.jsonl, line 2: not JSON"):
+        read_examples(str(bad))
+    with pytest.raises(DataError, match="no such BEIR folder or JSONL file"):
+        read_examples(str(tmp_path / "missing"))
+    with pytest.raises(DataError, match="no such split"):
+        read_examples(models["beir"], "train")
+
+
+def test_worked_examples_are_earlier_chat_turns_one_set_per_query(models) -> None:
+    from training.gpl.generate import EXAMPLE_INSTRUCTION, Example, load_generator, query_prompt
+
+    sets = [[Example("mice and fat", "mice fed fat")], [Example("heart rate", "heart beats"), Example("iron", "tower")]]
+    second = query_prompt("the passage", 1, sets)
+    assert [m["role"] for m in second] == ["system", "user", "assistant", "user", "assistant", "user"]
+    assert second[2]["content"] == "heart rate" and second[3]["content"] == f"Passage: tower\n\n{EXAMPLE_INSTRUCTION}"
+    assert second[-1]["content"] == f"Passage: the passage\n\n{EXAMPLE_INSTRUCTION}"
+    assert query_prompt("the passage", 2, sets) == query_prompt("the passage", 0, sets)   # sets taken in turn
+    assert len(query_prompt("the passage", 0)) == 2                                          # zero-shot as before
+    generator = load_generator(models["llm"], max_tokens=6, examples=sets)     # the tiny chat model's template
+    rendered = generator.backend.render(query_prompt("the passage", 1, sets))
+    assert rendered.index("heart beats") < rendered.index("heart rate") < rendered.index("the passage")
+    assert len(generator.generate("mice cancer cells gene", 2, seed=0)) == 2
+    with pytest.raises(ValueError, match="seq2seq generator takes no worked examples"):
+        load_generator(models["seq2seq"], examples=sets)
+
+
+def test_worked_examples_reach_the_generator_key_its_cache_and_are_never_trained_on(models, tmp_path,
+                                                                                    monkeypatch) -> None:
+    from training.gpl.generate import read_examples
+
+    examples = _write_examples(tmp_path / "ex.jsonl", [{"query": "Why mice matters", "passage": "mice cells"},
+                                                       {"query": "paris tower iron", "passage": "paris tower"},
+                                                       {"query": "heart disease rate", "passage": "heart rate"}])
+    seen = _recording_generator(monkeypatch)
+    config = _config(models, tmp_path / "run", generator=models["llm"], queries_per_doc=5)
+    pipeline.gpl_triples(config)
+    assert seen[-1]["examples"] == [] and "examples" not in _generation_key(tmp_path / "run")
+    few = dataclasses.replace(config, generator_examples=str(examples), generator_shots=1)
+    triples = pipeline.gpl_triples(few)
+    assert len(seen) == 2                                                    # generated again, with the examples
+    assert seen[-1]["examples"] == pipeline.worked_examples(few) and len(seen[-1]["examples"]) == 3
+    assert sorted(e.query for s in seen[-1]["examples"] for e in s) == sorted(e.query for e in read_examples(str(examples)))
+    assert "examples" in _generation_key(tmp_path / "run")
+    stats = json.loads((tmp_path / "run" / "gpl" / "queries" / "manifest.json").read_text())["stats"]
+    # FakeGenerator writes "why mice matters" for d1 and d8: an example's query, so dropped, never trained on
+    assert stats["dropped"]["copied_example"] == 2 and "why mice matters" not in {t.query.lower() for t in triples}
+    with pytest.raises(ValueError, match="evaluation split 'test'"):
+        dataclasses.replace(few, generator_examples=models["beir"], generator_examples_split="test",
+                            eval_beir=models["beir"])
+    with pytest.raises(ValueError, match="seq2seq generator takes no generator_examples"):
+        dataclasses.replace(few, generator=models["seq2seq"])
+
+
+def test_the_round_trip_filter_keeps_the_queries_whose_document_the_teacher_ranks_high(models, tmp_path,
+                                                                                      monkeypatch) -> None:
+    _fake_generator(monkeypatch)
+    config = _config(models, tmp_path / "run", queries_per_doc=5, teacher_interpolate=0.5, teacher_depth=4)
+    everything = pipeline.gpl_triples(config)
+    rows = [json.loads(line) for f in sorted((tmp_path / "run" / "gpl" / "labels").glob("chunk-*.jsonl"))
+            for line in f.open()]
+    assert all(isinstance(r["rank"], int) and r["rank"] >= 1 for r in rows)
+    # the rank counts the candidates the fused teacher scores above the positive; among them are its negatives
+    assert all(r["rank"] - 1 >= sum(n > r["positive"] for n in r["negatives"]) for r in rows)
+    assert len({r["rank"] for r in rows}) > 1                               # the filter has something to choose
+    for depth in (1, 2):
+        kept = pipeline.gpl_triples(dataclasses.replace(config, consistency_depth=depth))
+        wanted = [r for r in rows if r["rank"] <= depth]
+        assert len(kept) == 2 * len(wanted)                                 # num_negatives triples per kept query
+        assert [t.margin for t in kept] == pytest.approx([r["positive"] - n for r in wanted for n in r["negatives"]])
+        stats = json.loads((tmp_path / "run" / "gpl" / "consistency" / "manifest.json").read_text())["stats"]
+        assert (stats["queries"], stats["kept"], stats["depth"]) == (len(rows), len(wanted), depth)
+    assert len(pipeline.gpl_triples(dataclasses.replace(config, consistency_depth=99))) == len(everything)
+    for f in (tmp_path / "run" / "gpl" / "labels").glob("chunk-*.jsonl"):    # labels cached before ranks existed
+        f.write_text("".join(json.dumps({k: v for k, v in json.loads(line).items() if k != "rank"}) + "\n"
+                             for line in f.open()))
+    assert len(pipeline.gpl_triples(config)) == len(everything)              # still fine without the filter
+    with pytest.raises(DataError, match="labelled before ranks were recorded"):
+        pipeline.gpl_triples(dataclasses.replace(config, consistency_depth=1))
 
 
 def test_fit_scale_fits_the_student_margins_to_the_teacher_once_and_resumes_with_it(models, tmp_path) -> None:

@@ -305,6 +305,16 @@ class GPLConfig(CorpusConfig):
     generator_batch_size: int = option(16, "llm: generators run by transformers: prompts generated together (the "
                                        "prompts of one cached chunk, --chunk-size documents x --queries-per-doc)",
                                        min=1)
+    generator_examples: str | None = option(None, "worked examples shown to a chat generator before each passage "
+                                            "(few-shot, as InPars and Promptagator): a BEIR folder (the judged "
+                                            "queries of --generator-examples-split with their first positive) or "
+                                            "a JSONL file of {\"query\", \"passage\"} rows. Their queries never "
+                                            "reach training (default: zero-shot instructions)")
+    generator_examples_split: str = option("train", "with a BEIR --generator-examples: its split (never the "
+                                           "evaluation split)")
+    generator_shots: int = option(3, "worked examples per prompt; each of a document's queries gets its own set",
+                                  min=1)
+    example_words: int = option(60, "worked examples show the first N words of their passage", min=1)
     queries_per_doc: int = option(3, "queries generated per document (before filtering)", min=1)
     max_query_tokens: int = option(48, "longest generated query, in tokens", min=1)
     copy_threshold: float = option(0.75, "drop a query when this share of its word trigrams occurs in its "
@@ -323,6 +333,10 @@ class GPLConfig(CorpusConfig):
                                                min=0, max=1)
     teacher_depth: int = option(50, "with --teacher-interpolate: BM25's top-N per query, over which both scores are "
                                 "min-max normalised (the teacher scores each of them)", min=1)
+    consistency_depth: int | None = option(None, "round-trip filter (Promptagator): train only on queries whose "
+                                           "source document the teacher ranks within its top N among all it "
+                                           "scored for the query (BM25's top --teacher-depth with "
+                                           "--teacher-interpolate, else the positive and its negatives)", min=1)
     label_batch_size: int = option(32, "(query, passage) pairs per teacher call", min=1)
     label_max_seq_length: int = option(256, "teacher input length in tokens", min=2)
     scale: float = option(1.0, "the student's score margin is multiplied by this before the MSE (1: MarginMSE)",
@@ -341,3 +355,11 @@ class GPLConfig(CorpusConfig):
                     "cross-encoder:runs/ce/model")
         if self.fit_scale and self.scale != 1.0:
             raise ValueError(f"{type(self).__name__}: give scale or fit_scale, not both (scale={self.scale})")
+        if self.generator_examples is not None:
+            if self.generator.startswith("seq2seq:"):
+                raise ValueError(f"{type(self).__name__}: a seq2seq generator takes no generator_examples")
+            if self.eval_beir is not None and self.eval_split == self.generator_examples_split and \
+                    Path(self.eval_beir).resolve() == Path(self.generator_examples).resolve():
+                raise ValueError(f"{type(self).__name__}: the generator's examples come from the evaluation split "
+                                 f"{self.eval_split!r} of {self.eval_beir}; take them from another split "
+                                 "(--generator-examples-split train)")

@@ -10,7 +10,9 @@ removed). :func:`filter_queries` then drops, in this order:
   document (a verbatim span of 3+ words scores 1.0). Queries under 3 words are never copies: short keyword
   queries overlap their document by design;
 * ``off_topic``: not one content word (4+ characters, not a stop word or a word of the prompt) in common with
-  the document, such as "What is the main finding of the article?".
+  the document, such as "What is the main finding of the article?";
+* ``copied_example``: with worked examples, the same as an example's query or a near-copy of one (as
+  ``copied``): a few-shot generator that repeats an example has not read the passage.
 
 Every drop is counted by reason, so a run records how many queries its generator really contributed::
 
@@ -22,7 +24,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-DROP_REASONS = ("empty", "duplicate_in_doc", "duplicate_global", "copied", "off_topic")
+DROP_REASONS = ("empty", "duplicate_in_doc", "duplicate_global", "copied", "off_topic", "copied_example")
 _LABEL = re.compile(r"^\s*(?:(?:[-*•]+|\(?\d{1,2}[.):])(?=\s|$)"          # "- ", "1. ", "(2) "
                     r"|(?:search\s+)?(?:query|question|claim|q)\s*\d*\s*:)\s*",  # "Query:", "Q1:"
                     re.IGNORECASE)
@@ -92,8 +94,10 @@ def content_words(text: str) -> set[str]:
     return {w for w in words(text) if len(w) >= 4 and w not in STOP_WORDS}
 
 
-def drop_reason(query: str, document: str, seen_in_doc: set[str], seen: set[str], copy_threshold: float) -> str | None:
-    """Why ``query`` is dropped (one of :data:`DROP_REASONS`), or None to keep it."""
+def drop_reason(query: str, document: str, seen_in_doc: set[str], seen: set[str], copy_threshold: float,
+                examples: Sequence[str] = ()) -> str | None:
+    """Why ``query`` is dropped (one of :data:`DROP_REASONS`), or None to keep it; ``examples`` are the example
+    queries the generator was shown."""
     key = " ".join(words(query))
     if not key:
         return "empty"
@@ -105,12 +109,15 @@ def drop_reason(query: str, document: str, seen_in_doc: set[str], seen: set[str]
         return "copied"
     if not content_words(query) & content_words(document):
         return "off_topic"
+    if any(key == " ".join(words(e)) or copy_overlap(query, e) >= copy_threshold for e in examples):
+        return "copied_example"
     return None
 
 
 def filter_queries(raw: Mapping[str, Sequence[str]], documents: Mapping[str, str],
-                   copy_threshold: float = 0.75) -> tuple[list[GeneratedQuery], FilterCounts]:
-    """Kept queries (in document order, then generation order) and the counts, from raw replies per document id."""
+                   copy_threshold: float = 0.75, examples: Sequence[str] = ()) -> tuple[list[GeneratedQuery], FilterCounts]:
+    """Kept queries (in document order, then generation order) and the counts, from raw replies per document id
+    (``examples``: the queries of the worked examples the generator was shown)."""
     counts = FilterCounts()
     kept: list[GeneratedQuery] = []
     seen: set[str] = set()
@@ -119,7 +126,7 @@ def filter_queries(raw: Mapping[str, Sequence[str]], documents: Mapping[str, str
         for i, reply in enumerate(replies):
             counts.generated += 1
             query = normalise_query(reply)
-            reason = drop_reason(query, documents[doc], seen_in_doc, seen, copy_threshold)
+            reason = drop_reason(query, documents[doc], seen_in_doc, seen, copy_threshold, examples)
             if reason is not None:
                 counts.dropped[reason] += 1
                 continue

@@ -12,13 +12,23 @@ Chat LLMs decode greedily (deterministic, so a resumed run writes the same queri
 instruction for each of the ``n`` queries (a question, a keyword query, a claim, ...); with ``n`` larger than
 :data:`INSTRUCTIONS` the instructions repeat and the filter drops the repeats. Seq2seq sampling is seeded per
 document, so it too is independent of batching and resumes.
+
+With worked examples (:class:`Example`, few-shot as in InPars and Promptagator) a chat LLM instead sees, before
+each passage, a few in-domain passages with the queries written for them, as earlier chat turns; the ``i``-th
+query of every document gets the ``i``-th example set (:func:`example_sets`), so a document's queries differ.
 """
 from __future__ import annotations
 
+import json
 import logging
+import random
 import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
+
+from retrieval.errors import DataError
 
 from retrieval.rerank.llm.prompts import Messages, first_line
 
@@ -31,14 +41,78 @@ INSTRUCTIONS = (
     "Write one short sentence that states the main finding of this passage.",
     "Write a question a researcher would type into a search engine to find this passage.",
 )
+EXAMPLE_INSTRUCTION = "Write a search query that finds this passage, like the queries written before."
 TOP_K, TOP_P = 25, 0.95   # GPL's sampling for its T5 generator
 
 
-def query_prompt(passage: str, i: int) -> Messages:
-    """The chat prompt for the ``i``-th query of a passage (the instructions taken in turn)."""
-    instruction = INSTRUCTIONS[i % len(INSTRUCTIONS)]
-    return [{"role": "system", "content": SYSTEM},
-            {"role": "user", "content": f"Passage: {passage}\n\n{instruction}"}]
+@dataclass(frozen=True)
+class Example:
+    """A worked example for the generator: an in-domain query and (the start of) a passage it finds."""
+
+    query: str
+    passage: str
+
+
+def query_prompt(passage: str, i: int, examples: Sequence[Sequence[Example]] = ()) -> Messages:
+    """The chat prompt for the ``i``-th query of a passage: the instructions taken in turn, or with example sets
+    the ``i``-th set as earlier turns (one instruction; the examples set the query's form)."""
+    system = {"role": "system", "content": SYSTEM}
+    if not examples:
+        instruction = INSTRUCTIONS[i % len(INSTRUCTIONS)]
+        return [system, {"role": "user", "content": f"Passage: {passage}\n\n{instruction}"}]
+    turns = [system]
+    for example in examples[i % len(examples)]:
+        turns += [{"role": "user", "content": f"Passage: {example.passage}\n\n{EXAMPLE_INSTRUCTION}"},
+                  {"role": "assistant", "content": example.query}]
+    return [*turns, {"role": "user", "content": f"Passage: {passage}\n\n{EXAMPLE_INSTRUCTION}"}]
+
+
+def read_examples(source: str, split: str = "train", max_words: int = 60) -> list[Example]:
+    """Worked examples from a BEIR folder (each judged query of ``split`` with its first positive document) or a
+    JSONL file of ``{"query", "passage"}`` rows; passages cut to ``max_words`` words. DataError names the file
+    and line of a bad row, or an empty source."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        from retrieval.data import load_beir
+
+        data = load_beir(path, split)
+        wanted = {qid: next(d for d, g in docs.items() if g > 0) for qid, docs in data.qrels.items()
+                  if any(g > 0 for g in docs.values())}
+        needed = set(wanted.values())
+        texts = {d.id: d.full_text for d in data.corpus() if d.id in needed}
+        rows = [(data.queries[q], texts[d]) for q, d in wanted.items() if d in texts]
+        where = f"{path}, split {split!r}"
+    elif path.is_file():
+        rows, where = [], str(path)
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}, line {n}: not JSON ({e.msg})") from None
+            if not isinstance(row, dict) or not all(isinstance(row.get(k), str) and row[k].strip()
+                                                    for k in ("query", "passage")):
+                raise DataError(f"{path}, line {n}: expected an object with non-empty string fields "
+                                "\"query\" and \"passage\"")
+            rows.append((row["query"], row["passage"]))
+    else:
+        raise DataError(f"{source}: no such BEIR folder or JSONL file of examples")
+    examples = [Example(" ".join(q.split()), " ".join(p.split()[:max_words])) for q, p in rows]
+    examples = [e for e in examples if e.query and e.passage]
+    if not examples:
+        raise DataError(f"{where}: holds no usable example (a query with a non-empty passage)")
+    return examples
+
+
+def example_sets(examples: Sequence[Example], shots: int, sets: int, seed: int) -> list[list[Example]]:
+    """``sets`` disjoint sets of ``shots`` examples, drawn with ``seed`` (sets repeat when there are too few)."""
+    pool = list(examples)
+    random.Random(seed).shuffle(pool)
+    if len(pool) < shots:
+        raise ValueError(f"{shots} examples per prompt asked for, but only {len(pool)} examples were given")
+    count = max(1, min(sets, len(pool) // shots))
+    return [pool[k * shots:(k + 1) * shots] for k in range(count)]
 
 
 class QueryGenerator(Protocol):
@@ -60,17 +134,19 @@ class LLMQueryGenerator:
     ends with its first line that holds a word (all the filter reads), so local backends stop generating there;
     backends with ``complete_many`` get a whole chunk of prompts at once (transformers batches them)."""
 
-    def __init__(self, backend: Any, max_tokens: int = 48, first_line: bool = True) -> None:
+    def __init__(self, backend: Any, max_tokens: int = 48, first_line: bool = True,
+                 examples: Sequence[Sequence[Example]] = ()) -> None:
         self.backend = backend
         self.max_tokens = max_tokens
         self.first_line = first_line   # False: whole replies, to max_tokens (what GPL generated before)
+        self.examples = [list(s) for s in examples]   # example sets (few-shot); empty: zero-shot instructions
 
     def generate(self, passage: str, n: int, seed: int) -> list[str]:
         return self.generate_many([passage], n, [seed])[0]
 
     def generate_many(self, passages: Sequence[str], n: int, seeds: Sequence[int]) -> list[list[str]]:
         """``n`` replies per passage (greedy, so the seeds are unused)."""
-        prompts = [query_prompt(p, i) for p in passages for i in range(n)]
+        prompts = [query_prompt(p, i, self.examples) for p in passages for i in range(n)]
         if hasattr(self.backend, "complete_many"):
             replies = self.backend.complete_many(prompts, self.max_tokens, first_line=self.first_line)
         else:
@@ -116,23 +192,26 @@ def document_seed(seed: int, doc_id: str) -> int:
 
 def load_generator(spec: str, max_tokens: int = 48, device: str = "cpu", threads: int | None = None,
                    convert: str | None = "f16", extra_buffers: bool = True, dtype: str | None = None,
-                   batch_size: int = 8) -> QueryGenerator:
+                   batch_size: int = 8, examples: Sequence[Sequence[Example]] = ()) -> QueryGenerator:
     """The generator a spec names (see the module docstring); ``convert`` re-types a llama-cpp GGUF (None: as
     shipped) and ``extra_buffers=False`` runs it on plain CPU buffers; ``dtype`` and ``batch_size`` set a local
-    ``llm:`` model's weights type and prompts per batch. ValueError for an unknown kind."""
+    ``llm:`` model's weights type and prompts per batch; ``examples`` are chat LLMs' few-shot example sets.
+    ValueError for an unknown kind, or examples for a seq2seq generator (it reads the passage alone)."""
     from retrieval.rerank.llm.backends import load_backend
 
     kind, _, model = spec.partition(":")
     if kind == "seq2seq":
+        if examples:
+            raise ValueError(f"generator {spec!r}: a seq2seq generator takes no worked examples")
         return Seq2SeqQueryGenerator.from_pretrained(model, device=device, max_tokens=max_tokens)
     if kind == "llama-cpp":
         options: dict[str, Any] = {"n_threads": threads} if threads else {}
         return LLMQueryGenerator(load_backend(model, backend="llama-cpp", convert=convert,
-                                              extra_buffers=extra_buffers, **options), max_tokens)
+                                              extra_buffers=extra_buffers, **options), max_tokens, examples=examples)
     if kind == "llm":
         is_http = model.startswith(("http://", "https://"))
         local = {"device": device, "batch_size": batch_size, **({"dtype": dtype} if dtype else {})}
-        return LLMQueryGenerator(load_backend(model, **({} if is_http else local)), max_tokens)
+        return LLMQueryGenerator(load_backend(model, **({} if is_http else local)), max_tokens, examples=examples)
     raise ValueError(f"generator {spec!r}: kind must be llama-cpp, llm or seq2seq")
 
 

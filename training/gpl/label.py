@@ -25,11 +25,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class QueryScores:
-    """The teacher's score of a query's positive and of each of its negatives (in mining order)."""
+    """The teacher's score of a query's positive and of each of its negatives (in mining order), and where the
+    teacher ranks the positive among all it scored for the query (1 = first; None in caches made before)."""
 
     qid: str
     positive: float
     negatives: tuple[float, ...]
+    positive_rank: int | None = None
 
     def margins(self) -> list[float]:
         """``CE(q, pos) - CE(q, neg)`` for each negative: the MarginMSE targets."""
@@ -66,9 +68,15 @@ def label_queries(teacher: Any, rows: Sequence[tuple[str, str, str, Sequence[str
     scores = score_pairs(teacher, pairs).tolist()
     out, i = [], 0
     for qid, _, _, negs in rows:
-        out.append(QueryScores(qid, float(scores[i]), tuple(float(s) for s in scores[i + 1:i + 1 + len(negs)])))
+        positive, negatives = float(scores[i]), tuple(float(s) for s in scores[i + 1:i + 1 + len(negs)])
+        out.append(QueryScores(qid, positive, negatives, rank_of(positive, negatives)))
         i += 1 + len(negs)
     return out
+
+
+def rank_of(score: float, others: Sequence[float]) -> int:
+    """1 + how many of ``others`` score strictly higher (ties go to ``score``)."""
+    return 1 + sum(o > score for o in others)
 
 
 def fused_label_queries(teacher: Any, bm25: Any, texts: Sequence[str],
@@ -97,5 +105,6 @@ def fused_label_queries(teacher: Any, bm25: Any, texts: Sequence[str],
     for (qid, _, pos, negs), (ids, first_scores) in zip(rows, candidates):
         fused = dict(zip(ids, interpolate_scores(scores[i:i + len(ids)], first_scores, weight).tolist()))
         i += len(ids)
-        out.append(QueryScores(qid, fused[pos], tuple(fused[r] for r in negs)))
+        rank = rank_of(fused[pos], [s for r, s in fused.items() if r != pos])
+        out.append(QueryScores(qid, fused[pos], tuple(fused[r] for r in negs), rank))
     return out

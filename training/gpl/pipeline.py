@@ -6,8 +6,10 @@ objective's items. Stage folders (see :mod:`training.gpl.cache`)::
     OUT/gpl/generate/   chunk-*.jsonl  {"doc", "queries": [raw replies]}       chunks of documents
     OUT/gpl/queries/    queries.jsonl  {"qid", "doc", "text"}                 kept/dropped counts in the manifest
     OUT/gpl/negatives/  negatives.jsonl {"qid", "positive", "negatives": [ids]}
-    OUT/gpl/labels/     chunk-*.jsonl  {"qid", "positive": CE score, "negatives": [CE scores]}   chunks of queries
-                        (with --teacher-interpolate W: the BM25-fused scores, see training.gpl.label)
+    OUT/gpl/labels/     chunk-*.jsonl  {"qid", "positive": CE score, "negatives": [CE scores], "rank"}   chunks of
+                        queries (with --teacher-interpolate W: the BM25-fused scores, see training.gpl.label;
+                        rank: where the teacher puts the positive among all it scored)
+    OUT/gpl/consistency/  with --consistency-depth N: how many queries the round-trip filter kept
 
 Each stage's key holds its settings and the digest of the stage before it, so a change anywhere upstream
 recomputes everything after it; each manifest records the stage's counts and wall time.
@@ -22,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
 from retrieval.errors import DataError
@@ -31,7 +34,8 @@ from retrieval.types import Document
 from training.config import GPLConfig
 from training.gpl.cache import Stage, digest, field_of, read_jsonl, write_jsonl
 from training.gpl.filter import GeneratedQuery, filter_queries
-from training.gpl.generate import document_seed, generate_all, generator_identity, load_generator, passages_of
+from training.gpl.generate import (Example, document_seed, example_sets, generate_all, generator_identity,
+                                   load_generator, passages_of, read_examples)
 from training.gpl.label import QueryScores, fused_label_queries, label_queries, load_teacher
 from training.gpl.mine import MinedQuery, mine_negatives
 from training.sentences import read_corpus
@@ -86,7 +90,16 @@ def run_chunks(stage: Stage, n: int, chunk_size: int, work: Callable[[int, int],
         bar.update(end - start)
 
 
-def generate_stage(config: GPLConfig, root: Path, docs: Sequence[Document], device: str) -> dict[str, list[str]]:
+def worked_examples(config: GPLConfig) -> list[list[Example]]:
+    """The generator's example sets (one per query of a document, ``generator_shots`` each); none when zero-shot."""
+    if config.generator_examples is None:
+        return []
+    examples = read_examples(config.generator_examples, config.generator_examples_split, config.example_words)
+    return example_sets(examples, config.generator_shots, config.queries_per_doc, config.seed)
+
+
+def generate_stage(config: GPLConfig, root: Path, docs: Sequence[Document], device: str,
+                   examples: Sequence[Sequence[Example]] = ()) -> dict[str, list[str]]:
     """Raw replies per document id (``queries_per_doc`` each), generated in chunks or read from the cache."""
     passages = passages_of([d.full_text for d in docs], config.max_words)
     key = {"generator": generator_identity(config.generator), "queries_per_doc": config.queries_per_doc,
@@ -99,6 +112,8 @@ def generate_stage(config: GPLConfig, root: Path, docs: Sequence[Document], devi
         key["batch"] = config.generator_batch_size     # batched greedy decoding pads prompts: part of the result
         if config.generator_dtype:
             key["dtype"] = config.generator_dtype
+    if examples:   # only when set, so zero-shot caches made before the option stay valid
+        key["examples"] = digest([[[e.query, e.passage] for e in s] for s in examples])
     stage, started = Stage(root / "generate", key), time.perf_counter()
     if not stage.complete:
         resumed = stage.done_rows()
@@ -107,7 +122,7 @@ def generate_stage(config: GPLConfig, root: Path, docs: Sequence[Document], devi
         convert = None if config.generator_convert == "none" else config.generator_convert
         generator = load_generator(config.generator, config.max_query_tokens, device, config.threads, convert,
                                    extra_buffers=config.generator_buffers == "extra", dtype=config.generator_dtype,
-                                   batch_size=config.generator_batch_size)
+                                   batch_size=config.generator_batch_size, examples=examples)
 
         def work(start: int, end: int) -> list[dict[str, Any]]:   # one chunk's documents, batched together
             replies = generate_all(generator, passages[start:end], config.queries_per_doc,
@@ -138,14 +153,19 @@ def read_replies(stage: Stage, docs: Sequence[Document]) -> dict[str, list[str]]
     return raw
 
 
-def filter_stage(config: GPLConfig, root: Path, raw: dict[str, list[str]], docs: Sequence[Document]
-                 ) -> list[GeneratedQuery]:
-    """Normalised, filtered queries (``queries.jsonl``) and their kept/dropped counts (the manifest's stats)."""
-    stage = Stage(root / "queries", {"raw": digest(raw), "copy_threshold": config.copy_threshold})
+def filter_stage(config: GPLConfig, root: Path, raw: dict[str, list[str]], docs: Sequence[Document],
+                 examples: Sequence[Sequence[Example]] = ()) -> list[GeneratedQuery]:
+    """Normalised, filtered queries (``queries.jsonl``) and their kept/dropped counts (the manifest's stats);
+    queries that repeat a worked example's are dropped too."""
+    shown = list(dict.fromkeys(e.query for s in examples for e in s))
+    key: dict[str, Any] = {"raw": digest(raw), "copy_threshold": config.copy_threshold}
+    if shown:
+        key["examples"] = digest(shown)
+    stage = Stage(root / "queries", key)
     path = stage.folder / "queries.jsonl"
     if not stage.complete:
         passages = dict(zip((d.id for d in docs), passages_of([d.full_text for d in docs], config.max_words)))
-        kept, counts = filter_queries(raw, passages, config.copy_threshold)
+        kept, counts = filter_queries(raw, passages, config.copy_threshold, shown)
         write_jsonl(path, ({"qid": q.qid, "doc": q.doc, "text": q.text} for q in kept))
         stage.finish(counts.to_dict())
         logger.info("generated %d queries, kept %d, dropped %s", counts.generated, counts.kept, counts.dropped)
@@ -214,7 +234,8 @@ def label_stage(config: GPLConfig, root: Path, mined: Sequence[MinedQuery], corp
             else:
                 scored = label_queries(teacher, [(m.qid, query_text[m.qid], texts[row_of[m.positive]],
                                                   [texts[row_of[d]] for d in m.negatives]) for m in mined[start:end]])
-            return [{"qid": s.qid, "positive": s.positive, "negatives": list(s.negatives)} for s in scored]
+            return [{"qid": s.qid, "positive": s.positive, "negatives": list(s.negatives), "rank": s.positive_rank}
+                    for s in scored]
 
         with _progress(config, len(mined), resumed, "GPL 3/4 label with the cross-encoder") as bar:
             run_chunks(stage, len(mined), config.chunk_size, work, bar)
@@ -245,27 +266,56 @@ def read_scores(stage: Stage, mined: Sequence[MinedQuery]) -> list[QueryScores]:
         if i >= len(mined) or qid != mined[i].qid or len(negatives) != len(mined[i].negatives) \
                 or not all(isinstance(s, (int, float)) for s in negatives):
             raise DataError(f"{path}, line {n}: does not match query {i} of the negatives; delete {stage.folder}")
+        rank = row.get("rank")
+        if rank is not None and (not isinstance(rank, int) or isinstance(rank, bool) or rank < 1):
+            raise DataError(f"{path}, line {n}: \"rank\" must be a positive integer, got {rank!r}")
         scores.append(QueryScores(qid, float(field_of(row, "positive", (int, float), path, n)),
-                                  tuple(float(s) for s in negatives)))
+                                  tuple(float(s) for s in negatives), rank))
     if len(scores) != len(mined):
         raise DataError(f"{stage.folder}: holds scores for {len(scores)} of {len(mined)} queries; "
                         "delete it to label again")
     return scores
 
 
+def consistent_queries(config: GPLConfig, root: Path, mined: Sequence[MinedQuery], scores: Sequence[QueryScores]
+                       ) -> tuple[list[MinedQuery], list[QueryScores]]:
+    """The round-trip filter: the queries whose source document the teacher ranks within ``consistency_depth``
+    (their count is recorded in ``OUT/gpl/consistency``). DataError for labels cached without ranks."""
+    depth = int(config.consistency_depth or 0)
+    unranked = next((s.qid for s in scores if s.positive_rank is None), None)
+    if unranked is not None:
+        raise DataError(f"{root / 'labels'}: was labelled before ranks were recorded (query {unranked!r}); "
+                        "delete the folder to label again, or drop --consistency-depth")
+    kept = [(m, s) for m, s in zip(mined, scores) if int(s.positive_rank or 0) <= depth]
+    stage = Stage(root / "consistency", {"labels": digest([[s.qid, s.positive_rank] for s in scores]), "depth": depth})
+    if not stage.complete:
+        ranks = [int(s.positive_rank or 0) for s in scores]
+        stage.finish({"queries": len(scores), "kept": len(kept), "depth": depth,
+                      "teacher_rank_1": sum(r == 1 for r in ranks), "median_rank": float(np.median(ranks))})
+    logger.info("GPL round-trip filter: the teacher ranks the source document within its top %d for %d of %d "
+                "queries", depth, len(kept), len(scores))
+    if not kept:
+        raise ValueError(f"GPL: no query's source document is within the teacher's top {depth}; "
+                         "raise --consistency-depth")
+    return [m for m, _ in kept], [s for _, s in kept]
+
+
 def gpl_triples(config: GPLConfig, device: str = "cpu") -> list[MarginTriple]:
     """Run (or read back) stages 1-3 and return one (query, positive, negative, margin) triple per negative."""
     root = Path(config.out) / "gpl"
     teacher_id = model_identity(config.cross_encoder.partition(":")[2])   # a missing teacher fails before any work
+    examples = worked_examples(config)   # a bad examples file fails before any work too
     corpus = list(read_corpus(config.corpus))
     docs = usable_documents(corpus, config.min_words, config.max_sentences)
-    raw = generate_stage(config, root, docs, device)
-    queries = filter_stage(config, root, raw, docs)
+    raw = generate_stage(config, root, docs, device, examples)
+    queries = filter_stage(config, root, raw, docs, examples)
     corpus_hash = corpus_digest(corpus)
     mined = mine_stage(config, root, corpus, queries, corpus_hash)
     texts = {d.id: d.full_text for d in corpus}
     query_text = {q.qid: q.text for q in queries}
     scores = label_stage(config, root, mined, corpus, query_text, teacher_id, corpus_hash, device)
+    if config.consistency_depth is not None:
+        mined, scores = consistent_queries(config, root, mined, scores)
     triples = [MarginTriple(query_text[m.qid], texts[m.positive], texts[neg], margin)
                for m, s in zip(mined, scores) for neg, margin in zip(m.negatives, s.margins())]
     logger.info("GPL: %d documents -> %d queries -> %d training triples", len(docs), len(queries), len(triples))
