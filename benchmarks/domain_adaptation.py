@@ -16,6 +16,7 @@ Writes benchmarks/out/<name>.json after every stage, so a partial run still repo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -113,8 +115,9 @@ def adapt_before(args: argparse.Namespace, eval_len: int) -> dict:
 
 
 def st_trainer_steps_per_second(objective: str, base: str, sentences: list[str], batch_size: int, lr: float,
-                                steps: int, seed: int, work: Path) -> float:
-    """Steps/s of sentence-transformers' own Trainer with the same loss, data and batch size."""
+                                steps: int, seed: int, work: Path, bf16: bool = False) -> float:
+    """Steps/s of sentence-transformers' own Trainer with the same loss, data and batch size (``bf16``: its
+    mixed-precision mode, bfloat16 autocast)."""
     import random
 
     from datasets import Dataset
@@ -145,7 +148,7 @@ def st_trainer_steps_per_second(objective: str, base: str, sentences: list[str],
     targs = SentenceTransformerTrainingArguments(
         output_dir=str(work / "st-trainer"), max_steps=steps, per_device_train_batch_size=batch_size,
         learning_rate=lr, warmup_ratio=0.1, save_strategy="no", report_to="none", seed=seed,
-        dataloader_drop_last=True, use_cpu=True, logging_steps=max(1, steps), disable_tqdm=True)
+        dataloader_drop_last=True, use_cpu=True, logging_steps=max(1, steps), disable_tqdm=True, bf16=bf16)
     trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=data, loss=loss, callbacks=[Clock()])
     trainer.train()
     return steps / (Clock.ended - Clock.began)
@@ -155,7 +158,8 @@ def throughput(objective: str, args: argparse.Namespace, base: str, sentences: l
     """Our loop vs sentence-transformers' Trainer, same objective, batch, sentences and step count, back to back.
 
     Both sides train one epoch over the same ``batch * steps`` sentences (written to a JSONL corpus for our
-    run), so they pad the same texts; only the shuffling differs.
+    run), so they pad the same texts; only the shuffling differs. With ``--speed-bf16`` both sides run under
+    bfloat16 autocast, and our float32 loop is timed beside them (the speed-up of ``--bf16`` on this CPU).
     """
     out = args.work / f"speed-{objective}"
     shutil.rmtree(out, ignore_errors=True)
@@ -165,9 +169,10 @@ def throughput(objective: str, args: argparse.Namespace, base: str, sentences: l
     corpus.write_text("".join(json.dumps({"_id": str(i), "text": t}) + "\n" for i, t in enumerate(texts)),
                       encoding="utf-8")
     config = make_config(objective, corpus=str(corpus), base=base, out=str(out), seed=args.seed,
-                         max_steps=args.speed_steps, threads=args.threads, checkpoint_every=10_000, show_progress=False)
+                         max_steps=args.speed_steps, threads=args.threads, checkpoint_every=10_000, show_progress=False,
+                         bf16=args.speed_bf16)
 
-    def ours() -> float:
+    def ours(config: Any = config) -> float:
         shutil.rmtree(out, ignore_errors=True)
         run(config)
         metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
@@ -178,13 +183,16 @@ def throughput(objective: str, args: argparse.Namespace, base: str, sentences: l
     def theirs() -> float:
         torch.set_num_threads(args.threads)
         return st_trainer_steps_per_second(objective, base, texts, config.batch_size, config.lr,
-                                           args.speed_steps, args.seed, args.work)
+                                           args.speed_steps, args.seed, args.work, bf16=args.speed_bf16)
+
+    def ours_fp32() -> float:
+        return ours(dataclasses.replace(config, bf16=False))
 
     # Alternate the order (ours, ST, ST, ours, ...) and keep each side's best: single 5-step runs on this
     # box varied by up to 1.5x from one repeat to the next, which is more than the difference being measured.
-    samples: dict[str, list[float]] = {"ours": [], "st": []}
+    samples: dict[str, list[float]] = {"ours": [], "st": [], **({"ours_fp32": []} if args.speed_bf16 else {})}
     for repeat in range(args.speed_repeats):
-        order = [("ours", ours), ("st", theirs)]
+        order = [("ours", ours), ("st", theirs), *([("ours_fp32", ours_fp32)] if args.speed_bf16 else [])]
         for side, measure in (order if repeat % 2 == 0 else order[::-1]):
             try:
                 samples[side].append(measure())
@@ -195,9 +203,13 @@ def throughput(objective: str, args: argparse.Namespace, base: str, sentences: l
                 return {"ours_steps_per_s": max(samples["ours"]), "st_trainer_steps_per_s": None,
                         "st_error": repr(exc)[:300]}
     best_ours, best_st = max(samples["ours"]), max(samples["st"])
-    return {"ours_steps_per_s": best_ours, "st_trainer_steps_per_s": best_st, "ratio": best_ours / best_st,
-            "samples": samples, "batch_size": config.batch_size, "steps": args.speed_steps,
-            "sentences": len(texts), "threads": args.threads}
+    result = {"ours_steps_per_s": best_ours, "st_trainer_steps_per_s": best_st, "ratio": best_ours / best_st,
+              "samples": samples, "batch_size": config.batch_size, "steps": args.speed_steps,
+              "sentences": len(texts), "threads": args.threads, "bf16": args.speed_bf16}
+    if args.speed_bf16:
+        result["ours_fp32_steps_per_s"] = max(samples["ours_fp32"])
+        result["bf16_speedup"] = best_ours / result["ours_fp32_steps_per_s"]
+    return result
 
 
 def random_bert(folder: Path, like: str, seed: int) -> str:
@@ -228,6 +240,9 @@ def main() -> int:
     p.add_argument("--runs", nargs="*", default=["tsdae", "ct", "simcse", "random-tsdae", "speed"])
     p.add_argument("--speed-steps", type=int, default=5)
     p.add_argument("--speed-repeats", type=int, default=3, help="alternating repeats per side (best is kept)")
+    p.add_argument("--speed-bf16", action="store_true", help="speed: both sides under bfloat16 autocast, and our "
+                   "float32 loop beside them")
+    p.add_argument("--speed-objectives", nargs="*", default=["tsdae", "simcse", "ct"])
     p.add_argument("--random-steps", type=int, default=100)
     p.add_argument("--random-eval-length", type=int, default=64)
     p.add_argument("--eval-length", type=int, default=128, help="max_seq_length for evaluation (MiniLM's own is 256)")
@@ -256,7 +271,7 @@ def main() -> int:
                 args, base, args.random_eval_length)
         elif name == "speed":
             sentences = corpus_sentences(args.scifact)
-            result["throughput"] = {o: throughput(o, args, minilm, sentences) for o in ("tsdae", "simcse", "ct")}
+            result["throughput"] = {o: throughput(o, args, minilm, sentences) for o in args.speed_objectives}
         else:
             p.error(f"unknown run {name!r}")
         save(result, result_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import math
 import logging
 import os
 import re
@@ -87,6 +88,30 @@ def test_loss_falls_on_real_text(objective, extra, tiny_bert, scifact_dir, tmp_p
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["objective"] == objective and saved["config"]["seed"] == 13
     assert saved["data_fingerprint"]["items"] == N_SENTENCES and len(saved["data_fingerprint"]["sha256"]) == 64
+
+
+def test_bf16_trains_under_autocast_with_float32_weights(tiny_bert, scifact_dir, tmp_path, monkeypatch):
+    """--bf16: the forward pass runs in bfloat16 (what makes it faster), the saved weights stay float32, the loss
+    still falls, and it is a setting of the run (a resume may not switch it)."""
+    seen: list[torch.dtype] = []
+    forward = torch.nn.Linear.forward
+
+    def recording(self, x):     # the matmuls are what autocast lowers (layer norms stay float32)
+        out = forward(self, x)
+        seen.append(out.dtype)
+        return out
+    monkeypatch.setattr(torch.nn.Linear, "forward", recording)
+    folder = run(_config(tiny_bert, scifact_dir, tmp_path / "run", objective="simcse", bf16=True))
+    # every training step's matmuls run in bf16 (one forward pass outside the loop, as the model loads, does not)
+    assert seen.count(torch.bfloat16) >= 0.95 * len(seen) > 0
+    assert all(t.dtype == torch.float32 for t in _state(folder).values())
+    losses = json.loads((tmp_path / "run" / "metrics.json").read_text())["losses"]
+    assert all(math.isfinite(x) for x in losses) and sum(losses[-5:]) < 0.9 * sum(losses[:5])
+    seen.clear()
+    run(_config(tiny_bert, scifact_dir, tmp_path / "fp32", objective="simcse", max_steps=1))
+    assert set(seen) == {torch.float32}                                     # off by default
+    with pytest.raises(ValueError, match="bf16"):
+        run(_config(tiny_bert, scifact_dir, tmp_path / "run", objective="simcse", bf16=False, resume=True))
 
 
 def test_tsdae_ties_encoder_and_decoder(tiny_bert):

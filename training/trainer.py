@@ -116,7 +116,8 @@ def train_steps(config: RunConfig, model: Any, objective: Objective, items: list
         began = time.perf_counter()
         batch = objective.make_batch([items[i] for i in plan.indices(step)], random.Random(config.seed * 1_000_003 + step))
         features, labels = to_features(model, batch, device)
-        loss = loss_fn(features, labels)
+        with torch.autocast(device_type=torch.device(device).type, dtype=torch.bfloat16, enabled=config.bf16):
+            loss = loss_fn(features, labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
         optimizer.step()

@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from retrieval.errors import DataError
-
 from retrieval.rerank.llm.prompts import Messages, first_line
 
 logger = logging.getLogger(__name__)

@@ -57,7 +57,8 @@ class MarginMSELoss(nn.Module):
     def forward(self, features: list[dict[str, Any]], labels: torch.Tensor | None = None) -> torch.Tensor:
         if labels is None:
             raise ValueError("MarginMSE needs the teacher's margin for every row")
-        q, pos, neg = (self.model(f)["sentence_embedding"] for f in features)   # each [batch, dim]
+        # float32 margins: under bf16 autocast a difference of two dot products would keep ~3 digits
+        q, pos, neg = (self.model(f)["sentence_embedding"].float() for f in features)   # each [batch, dim]
         margin = (q * pos).sum(-1) - (q * neg).sum(-1)                          # [batch]
         return nn.functional.mse_loss(self.scale * margin, labels)
 
