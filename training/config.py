@@ -86,7 +86,7 @@ class RunConfig(Config):
     max_grad_norm: float = option(1.0, "gradient-norm clip", above=0)
     max_seq_length: int = option(128, "training length in tokens", min=2)
     bf16: bool = option(False, "mixed precision: forward passes under bfloat16 autocast, weights and optimizer in "
-                        "float32; about 2x faster steps on CPUs with AMX or AVX512-BF16 (and on recent GPUs)")
+                        "float32; about 1.6x faster steps on CPUs with AMX or AVX512-BF16 (and on recent GPUs)")
     checkpoint_every: int = option(500, "steps between checkpoints (OUT/checkpoints/step-N)", min=1, runtime=True)
     keep_checkpoints: int = option(2, "newest checkpoints kept; an unreadable newest falls back to the one before",
                                    min=1, runtime=True)

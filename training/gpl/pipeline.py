@@ -318,5 +318,6 @@ def gpl_triples(config: GPLConfig, device: str = "cpu") -> list[MarginTriple]:
         mined, scores = consistent_queries(config, root, mined, scores)
     triples = [MarginTriple(query_text[m.qid], texts[m.positive], texts[neg], margin)
                for m, s in zip(mined, scores) for neg, margin in zip(m.negatives, s.margins())]
-    logger.info("GPL: %d documents -> %d queries -> %d training triples", len(docs), len(queries), len(triples))
+    logger.info("GPL: %d documents -> %d queries (%d trained on) -> %d training triples", len(docs), len(queries),
+                len(mined), len(triples))
     return triples
