@@ -334,6 +334,24 @@ def test_worked_examples_reach_the_generator_key_its_cache_and_are_never_trained
         dataclasses.replace(few, generator=models["seq2seq"])
 
 
+def test_real_queries_replace_generation_and_are_labelled_like_generated_ones(models, tmp_path, monkeypatch) -> None:
+    seen = _recording_generator(monkeypatch)
+    config = _config(models, tmp_path / "run", queries_from=models["beir"], queries_split="test")
+    triples = pipeline.gpl_triples(config)
+    assert not seen and not (tmp_path / "run" / "gpl" / "generate").exists()      # nothing generated
+    assert [t.query for t in triples] == [q for q in QUERIES.values() for _ in range(2)]   # 2 negatives each
+    mined = [json.loads(line) for line in (tmp_path / "run" / "gpl" / "negatives" / "negatives.jsonl").open()]
+    assert [(m["qid"], m["positive"]) for m in mined] == [("real-q1", "d1"), ("real-q2", "d3"), ("real-q3", "d4")]
+    assert all(m["positive"] not in m["negatives"] for m in mined)
+    assert {t.positive for t in triples} == {DOCS["d1"], DOCS["d3"], DOCS["d4"]}
+    with pytest.raises(ValueError, match="evaluation split 'test'"):
+        dataclasses.replace(config, eval_beir=models["beir"])
+    other = write_beir_folder(tmp_path / "other", {"x1": "unknown document text here"}, {"q9": "a query"},
+                              {"q9": {"x1": 1}}, ("train",))
+    with pytest.raises(DataError, match=r"query 'q9' judges document 'x1', which is not in --corpus"):
+        pipeline.gpl_triples(dataclasses.replace(config, queries_from=str(other), queries_split="train"))
+
+
 def test_the_round_trip_filter_keeps_the_queries_whose_document_the_teacher_ranks_high(models, tmp_path,
                                                                                       monkeypatch) -> None:
     _fake_generator(monkeypatch)

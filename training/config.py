@@ -290,6 +290,11 @@ class GPLConfig(CorpusConfig):
     max_words: int = option(200, "the generator reads the first N words of each document (title and text)", min=1)
     max_sentences: int | None = option(None, "generate queries for the first N usable documents only "
                                        "(negatives still come from the whole corpus)", min=1)
+    queries_from: str | None = option(None, "real queries instead of generated ones: a BEIR folder whose "
+                                      "--queries-split queries each train with their first judged document as the "
+                                      "source, e.g. a query log with clicked documents (skips generation and its "
+                                      "filter; the teacher still labels every pair)")
+    queries_split: str = option("train", "with --queries-from: the split (never the evaluation split)")
     generator: str = option("llama-cpp:smollm2", "query generator: llama-cpp:GGUF_OR_ALIAS, llm:MODEL (transformers, "
                             "or llm:http://HOST:PORT/v1#NAME for an OpenAI-compatible server), seq2seq:FOLDER "
                             "(a doc2query T5)")
@@ -357,6 +362,10 @@ class GPLConfig(CorpusConfig):
                     "cross-encoder:runs/ce/model")
         if self.fit_scale and self.scale != 1.0:
             raise ValueError(f"{type(self).__name__}: give scale or fit_scale, not both (scale={self.scale})")
+        if self.queries_from is not None and self.eval_beir is not None and self.eval_split == self.queries_split \
+                and Path(self.eval_beir).resolve() == Path(self.queries_from).resolve():
+            raise ValueError(f"{type(self).__name__}: --queries-from takes the evaluation split {self.eval_split!r} "
+                             f"of {self.eval_beir}; train on another split (--queries-split train)")
         if self.generator_examples is not None:
             if self.generator.startswith("seq2seq:"):
                 raise ValueError(f"{type(self).__name__}: a seq2seq generator takes no generator_examples")

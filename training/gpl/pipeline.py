@@ -277,6 +277,27 @@ def read_scores(stage: Stage, mined: Sequence[MinedQuery]) -> list[QueryScores]:
     return scores
 
 
+def real_queries(folder: str, split: str, corpus_ids: set[str]) -> list[GeneratedQuery]:
+    """``--queries-from``: each judged query of a BEIR split with its first positive document as the source (qid
+    ``real-<id>``), in qrels order. DataError when a source is not in the training corpus, or none is left."""
+    from retrieval.data import load_beir
+
+    data = load_beir(folder, split)
+    out = []
+    for qid, judged in data.qrels.items():
+        source = next((d for d, g in judged.items() if g > 0), None)
+        if source is None:
+            continue
+        if source not in corpus_ids:
+            raise DataError(f"{Path(folder) / 'qrels' / f'{split}.tsv'}: query {qid!r} judges document {source!r}, "
+                            "which is not in --corpus")
+        out.append(GeneratedQuery(f"real-{qid}", source, " ".join(data.queries[qid].split())))
+    if not out:
+        raise DataError(f"{folder}, split {split!r}: no query has a positive judgment")
+    logger.info("GPL: %d real queries from %s (%s) instead of generated ones", len(out), folder, split)
+    return out
+
+
 def consistent_queries(config: GPLConfig, root: Path, mined: Sequence[MinedQuery], scores: Sequence[QueryScores]
                        ) -> tuple[list[MinedQuery], list[QueryScores]]:
     """The round-trip filter: the queries whose source document the teacher ranks within ``consistency_depth``
@@ -306,9 +327,12 @@ def gpl_triples(config: GPLConfig, device: str = "cpu") -> list[MarginTriple]:
     teacher_id = model_identity(config.cross_encoder.partition(":")[2])   # a missing teacher fails before any work
     examples = worked_examples(config)   # a bad examples file fails before any work too
     corpus = list(read_corpus(config.corpus))
-    docs = usable_documents(corpus, config.min_words, config.max_sentences)
-    raw = generate_stage(config, root, docs, device, examples)
-    queries = filter_stage(config, root, raw, docs, examples)
+    if config.queries_from is not None:
+        docs, queries = corpus, real_queries(config.queries_from, config.queries_split, {d.id for d in corpus})
+    else:
+        docs = usable_documents(corpus, config.min_words, config.max_sentences)
+        raw = generate_stage(config, root, docs, device, examples)
+        queries = filter_stage(config, root, raw, docs, examples)
     corpus_hash = corpus_digest(corpus)
     mined = mine_stage(config, root, corpus, queries, corpus_hash)
     texts = {d.id: d.full_text for d in corpus}
