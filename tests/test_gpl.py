@@ -346,6 +346,8 @@ def test_real_queries_replace_generation_and_are_labelled_like_generated_ones(mo
     assert {t.positive for t in triples} == {DOCS["d1"], DOCS["d3"], DOCS["d4"]}
     with pytest.raises(ValueError, match="evaluation split 'test'"):
         dataclasses.replace(config, eval_beir=models["beir"])
+    with pytest.raises(ValueError, match="replaces generation"):
+        dataclasses.replace(config, generator_examples=models["beir"])
     other = write_beir_folder(tmp_path / "other", {"x1": "unknown document text here"}, {"q9": "a query"},
                               {"q9": {"x1": 1}}, ("train",))
     with pytest.raises(DataError, match=r"query 'q9' judges document 'x1', which is not in --corpus"):

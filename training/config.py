@@ -362,6 +362,8 @@ class GPLConfig(CorpusConfig):
                     "cross-encoder:runs/ce/model")
         if self.fit_scale and self.scale != 1.0:
             raise ValueError(f"{type(self).__name__}: give scale or fit_scale, not both (scale={self.scale})")
+        if self.queries_from is not None and self.generator_examples is not None:
+            raise ValueError(f"{type(self).__name__}: --queries-from replaces generation; drop --generator-examples")
         if self.queries_from is not None and self.eval_beir is not None and self.eval_split == self.queries_split \
                 and Path(self.eval_beir).resolve() == Path(self.queries_from).resolve():
             raise ValueError(f"{type(self).__name__}: --queries-from takes the evaluation split {self.eval_split!r} "
