@@ -115,6 +115,11 @@ class RunConfig(Config):
         """What ``None`` fields become (``lr``, ``batch_size``): the class's :attr:`DEFAULTS`."""
         return self.DEFAULTS
 
+    def evaluates_on(self, folder: str | None, split: str) -> bool:
+        """Whether ``--eval-beir``/``--eval-split`` name this BEIR folder and split (data there must not train)."""
+        return folder is not None and self.eval_beir is not None and self.eval_split == split and \
+            Path(self.eval_beir).resolve() == Path(folder).resolve()
+
     def validate(self) -> None:
         """Checks that involve more than one field (subclasses extend it)."""
         if not self.out.strip():
@@ -267,8 +272,7 @@ class SupervisedConfig(EmbedderConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.eval_beir is not None and self.eval_split == self.split and \
-                Path(self.eval_beir).resolve() == Path(self.data).resolve():
+        if self.evaluates_on(self.data, self.split):
             raise ValueError(f"SupervisedConfig: evaluating on the training split {self.split!r} of {self.data}; "
                              "evaluate on another split (--eval-split test)")
 
@@ -364,15 +368,13 @@ class GPLConfig(CorpusConfig):
             raise ValueError(f"{type(self).__name__}: give scale or fit_scale, not both (scale={self.scale})")
         if self.queries_from is not None and self.generator_examples is not None:
             raise ValueError(f"{type(self).__name__}: --queries-from replaces generation; drop --generator-examples")
-        if self.queries_from is not None and self.eval_beir is not None and self.eval_split == self.queries_split \
-                and Path(self.eval_beir).resolve() == Path(self.queries_from).resolve():
+        if self.evaluates_on(self.queries_from, self.queries_split):
             raise ValueError(f"{type(self).__name__}: --queries-from takes the evaluation split {self.eval_split!r} "
                              f"of {self.eval_beir}; train on another split (--queries-split train)")
         if self.generator_examples is not None:
             if self.generator.startswith("seq2seq:"):
                 raise ValueError(f"{type(self).__name__}: a seq2seq generator takes no generator_examples")
-            if self.eval_beir is not None and self.eval_split == self.generator_examples_split and \
-                    Path(self.eval_beir).resolve() == Path(self.generator_examples).resolve():
+            if self.evaluates_on(self.generator_examples, self.generator_examples_split):
                 raise ValueError(f"{type(self).__name__}: the generator's examples come from the evaluation split "
                                  f"{self.eval_split!r} of {self.eval_beir}; take them from another split "
                                  "(--generator-examples-split train)")

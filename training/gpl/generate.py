@@ -23,7 +23,7 @@ import json
 import logging
 import random
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -66,6 +66,13 @@ def query_prompt(passage: str, i: int, examples: Sequence[Sequence[Example]] = (
     return [*turns, {"role": "user", "content": f"Passage: {passage}\n\n{EXAMPLE_INSTRUCTION}"}]
 
 
+def first_positives(qrels: Mapping[str, Mapping[str, int]]) -> dict[str, str]:
+    """Each judged query's first document with a positive grade, in qrels order (queries with none are left out):
+    the document a real query is taken to have been written for."""
+    return {qid: d for qid, docs in qrels.items()
+            if (d := next((d for d, g in docs.items() if g > 0), None)) is not None}
+
+
 def read_examples(source: str, split: str = "train", max_words: int = 60) -> list[Example]:
     """Worked examples from a BEIR folder (each judged query of ``split`` with its first positive document) or a
     JSONL file of ``{"query", "passage"}`` rows; passages cut to ``max_words`` words. DataError names the file
@@ -75,8 +82,7 @@ def read_examples(source: str, split: str = "train", max_words: int = 60) -> lis
         from retrieval.data import load_beir
 
         data = load_beir(path, split)
-        wanted = {qid: next(d for d, g in docs.items() if g > 0) for qid, docs in data.qrels.items()
-                  if any(g > 0 for g in docs.values())}
+        wanted = first_positives(data.qrels)
         needed = set(wanted.values())
         texts = {d.id: d.full_text for d in data.corpus() if d.id in needed}
         rows = [(data.queries[q], texts[d]) for q, d in wanted.items() if d in texts]

@@ -34,8 +34,8 @@ from retrieval.types import Document
 from training.config import GPLConfig
 from training.gpl.cache import Stage, digest, field_of, read_jsonl, write_jsonl
 from training.gpl.filter import GeneratedQuery, filter_queries
-from training.gpl.generate import (Example, document_seed, example_sets, generate_all, generator_identity,
-                                   load_generator, passages_of, read_examples)
+from training.gpl.generate import (Example, document_seed, example_sets, first_positives, generate_all,
+                                   generator_identity, load_generator, passages_of, read_examples)
 from training.gpl.label import QueryScores, fused_label_queries, label_queries, load_teacher
 from training.gpl.mine import MinedQuery, mine_negatives
 from training.sentences import read_corpus
@@ -284,10 +284,7 @@ def real_queries(folder: str, split: str, corpus_ids: set[str]) -> list[Generate
 
     data = load_beir(folder, split)
     out = []
-    for qid, judged in data.qrels.items():
-        source = next((d for d, g in judged.items() if g > 0), None)
-        if source is None:
-            continue
+    for qid, source in first_positives(data.qrels).items():
         if source not in corpus_ids:
             raise DataError(f"{Path(folder) / 'qrels' / f'{split}.tsv'}: query {qid!r} judges document {source!r}, "
                             "which is not in --corpus")
