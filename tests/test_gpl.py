@@ -330,7 +330,7 @@ def test_worked_examples_reach_the_generator_key_its_cache_and_are_never_trained
     with pytest.raises(ValueError, match="evaluation split 'test'"):
         dataclasses.replace(few, generator_examples=models["beir"], generator_examples_split="test",
                             eval_beir=models["beir"])
-    with pytest.raises(ValueError, match="seq2seq generator takes no generator_examples"):
+    with pytest.raises(ValueError, match="seq2seq generators take no generator_examples"):
         dataclasses.replace(few, generator=models["seq2seq"])
 
 
@@ -594,3 +594,114 @@ def test_the_bundled_llm_writes_queries_for_a_real_document(scifact_docs) -> Non
     replies = generator.generate(" ".join(doc.full_text.split()[:200]), 3, seed=0)
     kept, counts = filter_queries({doc.id: replies}, {doc.id: doc.full_text})
     assert counts.generated == 3 and counts.kept >= 1 and all(q.text for q in kept)
+
+
+# --- extractive queries (inverse cloze) -----------------------------------------------------------------
+
+TITLED = {
+    "t1": ("Mice lacking the gene develop cancer", "We bred mice without the gene. Tumours grew in most of them. "
+           "The gene protects mice from cancer."),
+    "t2": ("Iron towers of Paris", "The tower was built of iron. It stands in the city by the river."),
+    "t3": ("Short", "Only one sentence here about plants and light."),
+    "t4": ("", "River water feeds the plants. Light gives them energy. Music plays in the city."),
+}
+
+
+def _write_titled(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps({"_id": i, "title": t, "text": x}) + "\n"
+                                                 for i, (t, x) in TITLED.items()), encoding="utf-8")
+    return folder
+
+
+def test_cut_query_takes_the_title_the_last_or_a_seeded_sentence_out_of_its_document() -> None:
+    import random
+
+    from retrieval.types import Document
+    from training.gpl.extract import cut_query
+
+    docs = {i: Document(i, x, t) for i, (t, x) in TITLED.items()}
+    query, rest = cut_query(docs["t1"], "title", random.Random(0))
+    assert query == "Mice lacking the gene develop cancer" and rest.title == "" and rest.text == docs["t1"].text
+    query, rest = cut_query(docs["t1"], "last", random.Random(0))
+    assert query == "The gene protects mice from cancer." and query not in rest.full_text
+    assert rest.text == "We bred mice without the gene. Tumours grew in most of them." and rest.title == docs["t1"].title
+    picks = {cut_query(docs["t4"], "sentence", random.Random(seed))[0] for seed in range(20)}
+    assert picks == {"River water feeds the plants.", "Light gives them energy.", "Music plays in the city."}
+    assert cut_query(docs["t4"], "sentence", random.Random(5)) == cut_query(docs["t4"], "sentence", random.Random(5))
+    for mode in ("title", "last", "sentence"):   # nothing would be left, or the query is under 4 words
+        assert cut_query(docs["t3"], mode, random.Random(0)) is None
+    assert cut_query(docs["t4"], "title", random.Random(0)) is None    # no title
+
+
+@given(st.lists(st.sampled_from(["Cells grow.", "The heart rate rose in mice.", "Iron was used in the tower.",
+                                 "no end here", "Cancer (2) fell.", "Light and water feed plants!"]),
+                min_size=0, max_size=6), st.sampled_from(["title", "last", "sentence"]), st.integers(0, 99))
+@settings(max_examples=60, deadline=None)
+def test_an_extracted_query_is_never_left_in_its_document(parts, mode, seed) -> None:
+    from retrieval.types import Document
+    from training.gpl.extract import extract_queries
+
+    doc = Document("d", " ".join(parts), "A title about cells and mice")
+    queries, cut, counts = extract_queries([doc], [doc], mode, seed)
+    assert counts.kept == len(queries) <= 1 and counts.kept + counts.too_short + counts.repeated == 1
+    if not queries:
+        assert cut == [doc]
+    for q in queries:
+        rest = cut[0]
+        assert len(q.text.split()) >= 4 and rest.full_text.strip()
+        assert q.text.lower() not in rest.full_text.lower()
+        assert sorted((rest.title + " " + rest.text).split() + q.text.split()) == sorted(doc.full_text.split())
+
+
+def test_extractive_queries_train_against_their_documents_with_the_query_cut_out(models, tmp_path, monkeypatch,
+                                                                                 caplog) -> None:
+    seen = _recording_generator(monkeypatch)
+    corpus = _write_titled(tmp_path / "corpus")
+    config = _config(models, tmp_path / "run", corpus=str(corpus), generator="extract:last")
+    triples = pipeline.gpl_triples(config)
+    assert not seen and not (tmp_path / "run" / "gpl" / "generate").exists()     # no model, no generation stage
+    stage = Stage(tmp_path / "run" / "gpl" / "queries", json.loads(
+        (tmp_path / "run" / "gpl" / "queries" / "manifest.json").read_text())["key"])
+    assert stage.complete and stage.stats == {"documents": 4, "kept": 3, "too_short": 1, "repeated": 0}
+    queries = {json.loads(line)["doc"]: json.loads(line)["text"]
+               for line in (stage.folder / "queries.jsonl").open()}
+    assert queries == {"t1": "The gene protects mice from cancer.", "t2": "It stands in the city by the river.",
+                       "t4": "Music plays in the city."}
+    assert {t.query for t in triples} == set(queries.values())
+    for t in triples:   # the positive and every negative are cut texts: no query is ever in a training passage
+        assert t.query not in t.positive and not any(q in t.negative for q in queries.values())
+    assert "Mice lacking the gene develop cancer We bred mice without the gene. Tumours grew in most of them." in \
+        {t.positive for t in triples}
+    with caplog.at_level("WARNING"):
+        again = pipeline.gpl_triples(config)
+    assert again == triples and "recomputing" not in caplog.text
+    titles = pipeline.gpl_triples(dataclasses.replace(config, generator="extract:title"))
+    assert "recomputing" in caplog.text and {t.query for t in titles} == \
+        {"Mice lacking the gene develop cancer", "Iron towers of Paris"}
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "corpus.jsonl").write_text(json.dumps({"_id": "t3", "title": "Short", "text": TITLED["t3"][1]}) + "\n")
+    with pytest.raises(ValueError, match=r"none of 1 documents has a last to cut out .*'too_short': 1"):
+        pipeline.gpl_triples(dataclasses.replace(config, corpus=str(bare), out=str(tmp_path / "bare-run")))
+
+
+def test_extractive_generator_specs_are_checked() -> None:
+    values = dict(corpus="c", out="o", cross_encoder="cross-encoder:t")
+    assert GPLConfig(**values, generator="extract:sentence").generator == "extract:sentence"
+    with pytest.raises(ValueError, match=r"extract:title\|last\|sentence, got 'extract:first'"):
+        GPLConfig(**values, generator="extract:first")
+    with pytest.raises(ValueError, match="extract generators take no generator_examples"):
+        GPLConfig(**values, generator="extract:title", generator_examples="examples.jsonl")
+
+
+def test_extractive_queries_from_real_scifact_abstracts(scifact_docs) -> None:
+    from training.gpl.extract import extract_queries
+
+    docs = scifact_docs[:200]
+    for mode in ("title", "last", "sentence"):
+        queries, cut, counts = extract_queries(docs, docs, mode, seed=42)
+        assert counts.kept + counts.too_short == 200 and counts.kept >= 190
+        by_id = {d.id: d for d in cut}
+        for q in queries:
+            assert q.text not in by_id[q.doc].full_text and len(by_id[q.doc].full_text.split()) >= 20

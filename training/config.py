@@ -35,6 +35,7 @@ from retrieval.configs import Config
 from retrieval.models import DEFAULT_EMBEDDER
 from retrieval.rerank.llm.gguf_convert import TARGETS as GGUF_TARGETS
 
+from training.gpl.extract import extract_mode
 from training.noise import NOISE_KINDS, NoiseConfig
 
 PAIR_SOURCES = ("title-body", "ict")
@@ -42,7 +43,7 @@ CT_VARIANTS = ("in-batch", "original")
 POOLINGS = ("auto", "cls", "mean", "max")
 CE_LOSSES = ("listwise", "bce")
 NEGATIVE_SOURCES = ("bm25", "dense", "both")   # first stages that mine hard negatives (training.negatives)
-GENERATOR_KINDS = ("llm", "llama-cpp", "seq2seq")   # GPL query generators (training.gpl.generate)
+GENERATOR_KINDS = ("llm", "llama-cpp", "seq2seq", "extract")   # GPL query generators (training.gpl.generate)
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, choices: tuple[Any, ...] | None = None,
@@ -301,7 +302,8 @@ class GPLConfig(CorpusConfig):
     queries_split: str = option("train", "with --queries-from: the split (never the evaluation split)")
     generator: str = option("llama-cpp:smollm2", "query generator: llama-cpp:GGUF_OR_ALIAS, llm:MODEL (transformers, "
                             "or llm:http://HOST:PORT/v1#NAME for an OpenAI-compatible server), seq2seq:FOLDER "
-                            "(a doc2query T5)")
+                            "(a doc2query T5), or extract:title|last|sentence (no model: the title, last or a "
+                            "random sentence is cut out of each document as its one query, inverse-cloze style)")
     generator_convert: str = option("f16", "llama-cpp generators run a re-typed copy of the GGUF, cached once (f16 "
                                     "takes the fast AVX2 kernels and avoids a crash of llama-cpp-python 0.3.36 on "
                                     "the bundled Q4_1 file); none runs the file as shipped",
@@ -326,7 +328,8 @@ class GPLConfig(CorpusConfig):
     generator_shots: int = option(3, "worked examples per prompt; each of a document's queries gets its own set",
                                   min=1)
     example_words: int = option(60, "worked examples show the first N words of their passage", min=1)
-    queries_per_doc: int = option(3, "queries generated per document (before filtering)", min=1)
+    queries_per_doc: int = option(3, "queries generated per document (before filtering; extract: generators cut "
+                                  "one)", min=1)
     max_query_tokens: int = option(48, "longest generated query, in tokens", min=1)
     copy_threshold: float = option(0.75, "drop a query when this share of its word trigrams occurs in its "
                                    "document (a near-copy; 1.0 drops only verbatim copies)", above=0, max=1)
@@ -371,9 +374,12 @@ class GPLConfig(CorpusConfig):
         if self.evaluates_on(self.queries_from, self.queries_split):
             raise ValueError(f"{type(self).__name__}: --queries-from takes the evaluation split {self.eval_split!r} "
                              f"of {self.eval_beir}; train on another split (--queries-split train)")
+        if self.generator.startswith("extract:"):
+            extract_mode(self.generator)
         if self.generator_examples is not None:
-            if self.generator.startswith("seq2seq:"):
-                raise ValueError(f"{type(self).__name__}: a seq2seq generator takes no generator_examples")
+            if self.generator.startswith(("seq2seq:", "extract:")):
+                raise ValueError(f"{type(self).__name__}: {self.generator.partition(':')[0]} generators take no "
+                                 "generator_examples")
             if self.evaluates_on(self.generator_examples, self.generator_examples_split):
                 raise ValueError(f"{type(self).__name__}: the generator's examples come from the evaluation split "
                                  f"{self.eval_split!r} of {self.eval_beir}; take them from another split "

@@ -17,7 +17,7 @@ from retrieval.types import Document
 logger = logging.getLogger(__name__)
 
 # A sentence ends at . ! or ? followed by space and an upper-case letter, digit or opening bracket/quote.
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
 _SPACE = re.compile(r"\s+")
 
 
@@ -39,7 +39,7 @@ class SentenceOptions:
 def split_sentences(text: str) -> list[str]:
     """Split ``text`` at sentence ends (a regex rule, no NLTK download); whitespace is normalised."""
     text = _SPACE.sub(" ", text).strip()
-    return [s.strip() for s in _SENTENCE_END.split(text) if s.strip()] if text else []
+    return [s.strip() for s in SENTENCE_END.split(text) if s.strip()] if text else []
 
 
 def windows(sentence: str, max_words: int) -> list[str]:

@@ -24,13 +24,14 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from training.sentences import SENTENCE_END
+
 DROP_REASONS = ("empty", "duplicate_in_doc", "duplicate_global", "copied", "off_topic", "copied_example")
 _LABEL = re.compile(r"^\s*(?:(?:[-*•]+|\(?\d{1,2}[.):])(?=\s|$)"          # "- ", "1. ", "(2) "
                     r"|(?:search\s+)?(?:query|question|claim|q)\s*\d*\s*:)\s*",  # "Query:", "Q1:"
                     re.IGNORECASE)
 _QUOTES = "\"'`“”‘’«»"
 _WORD = re.compile(r"\w+", re.UNICODE)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(\[])")
 # Words of 4+ characters that say nothing about a document: stop words and the words of the prompts.
 STOP_WORDS = frozenset("""about above after again against also another answer answers article based been before
 being between both claim could does doing down during each find finding findings from further have having here how
@@ -68,7 +69,7 @@ def normalise_query(raw: str) -> str:
     while previous != line:   # "1. Query: "..."" loses each layer in turn
         previous = line
         line = _LABEL.sub("", line, count=1).strip().strip(_QUOTES).strip()
-    return " ".join(_SENTENCE_END.split(line, maxsplit=1)[0].split())
+    return " ".join(SENTENCE_END.split(line, maxsplit=1)[0].split())
 
 
 def words(text: str) -> list[str]:

@@ -5,6 +5,8 @@ objective's items. Stage folders (see :mod:`training.gpl.cache`)::
 
     OUT/gpl/generate/   chunk-*.jsonl  {"doc", "queries": [raw replies]}       chunks of documents
     OUT/gpl/queries/    queries.jsonl  {"qid", "doc", "text"}                 kept/dropped counts in the manifest
+                        (``--generator extract:MODE`` writes this stage directly: queries cut out of their
+                        documents, see training.gpl.extract; there is no generate stage)
     OUT/gpl/negatives/  negatives.jsonl {"qid", "positive", "negatives": [ids]}
     OUT/gpl/labels/     chunk-*.jsonl  {"qid", "positive": CE score, "negatives": [CE scores], "rank"}   chunks of
                         queries (with --teacher-interpolate W: the BM25-fused scores, see training.gpl.label;
@@ -33,6 +35,7 @@ from retrieval.types import Document
 
 from training.config import GPLConfig
 from training.gpl.cache import Stage, digest, field_of, read_jsonl, write_jsonl
+from training.gpl.extract import extract_mode, extract_queries
 from training.gpl.filter import GeneratedQuery, filter_queries
 from training.gpl.generate import (Example, document_seed, example_sets, first_positives, generate_all,
                                    generator_identity, load_generator, passages_of, read_examples)
@@ -175,6 +178,25 @@ def filter_stage(config: GPLConfig, root: Path, raw: dict[str, list[str]], docs:
         raise ValueError(f"GPL: the generator's {stage.stats.get('generated')} queries were all dropped "
                          f"({stage.stats.get('dropped')}); try another --generator or a higher --copy-threshold")
     return queries
+
+
+def extract_stage(config: GPLConfig, root: Path, corpus: Sequence[Document], docs: Sequence[Document]
+                  ) -> tuple[list[GeneratedQuery], list[Document]]:
+    """``--generator extract:MODE``: one query cut out of each usable document (``queries.jsonl``, the counts in the
+    manifest) and the corpus with those documents cut, which every later stage reads."""
+    mode = extract_mode(config.generator)
+    queries, cut, counts = extract_queries(corpus, docs, mode, config.seed)
+    if not queries:
+        raise ValueError(f"GPL: none of {len(docs)} documents has a {mode} to cut out as its query ({counts.to_dict()}; "
+                         f"extract:{mode} needs {'a title and a text' if mode == 'title' else '2+ sentences'})")
+    stage = Stage(root / "queries", {"extract": mode, "seed": config.seed,
+                                     "documents": digest([[d.id, d.title, d.text] for d in docs])})
+    if not stage.complete:
+        write_jsonl(stage.folder / "queries.jsonl", ({"qid": q.qid, "doc": q.doc, "text": q.text} for q in queries))
+        stage.finish(counts.to_dict())
+    logger.info("GPL: cut a %s out of %d of %d documents as their query (%d had too little to cut)", mode,
+                counts.kept, counts.documents, counts.too_short)
+    return queries, cut
 
 
 def mine_stage(config: GPLConfig, root: Path, corpus: Sequence[Document], queries: Sequence[GeneratedQuery],
@@ -326,6 +348,9 @@ def gpl_triples(config: GPLConfig, device: str = "cpu") -> list[MarginTriple]:
     corpus = list(read_corpus(config.corpus))
     if config.queries_from is not None:
         docs, queries = corpus, real_queries(config.queries_from, config.queries_split, {d.id for d in corpus})
+    elif config.generator.startswith("extract:"):
+        docs = usable_documents(corpus, config.min_words, config.max_sentences)
+        queries, corpus = extract_stage(config, root, corpus, docs)
     else:
         docs = usable_documents(corpus, config.min_words, config.max_sentences)
         raw = generate_stage(config, root, docs, device, examples)
