@@ -371,6 +371,9 @@ class GPLConfig(CorpusConfig):
             raise ValueError(f"{type(self).__name__}: give scale or fit_scale, not both (scale={self.scale})")
         if self.queries_from is not None and self.generator_examples is not None:
             raise ValueError(f"{type(self).__name__}: --queries-from replaces generation; drop --generator-examples")
+        if self.queries_from is not None and self.generator.startswith("extract:"):
+            raise ValueError(f"{type(self).__name__}: --queries-from replaces generation; drop --generator "
+                             f"{self.generator}")
         if self.evaluates_on(self.queries_from, self.queries_split):
             raise ValueError(f"{type(self).__name__}: --queries-from takes the evaluation split {self.eval_split!r} "
                              f"of {self.eval_beir}; train on another split (--queries-split train)")

@@ -11,7 +11,8 @@ its source, and the teacher labels exactly the texts the student is trained on. 
     sentence  one sentence of the text, chosen at random per document (seeded), as in ICT
 
 A document yields at most one query, and only when something is left of it (a title needs a text; a sentence
-needs another sentence) and the rest does not repeat the query word for word. The rewritten documents replace the originals in the corpus that negatives are mined from.
+needs another sentence) and the rest does not repeat the query word for word. The rewritten documents replace the
+originals in the corpus that negatives are mined from.
 """
 from __future__ import annotations
 

@@ -187,8 +187,9 @@ def extract_stage(config: GPLConfig, root: Path, corpus: Sequence[Document], doc
     mode = extract_mode(config.generator)
     queries, cut, counts = extract_queries(corpus, docs, mode, config.seed)
     if not queries:
-        raise ValueError(f"GPL: none of {len(docs)} documents has a {mode} to cut out as its query ({counts.to_dict()}; "
-                         f"extract:{mode} needs {'a title and a text' if mode == 'title' else '2+ sentences'})")
+        need = "a title and a text" if mode == "title" else "2+ sentences"
+        raise ValueError(f"GPL: none of {len(docs)} documents has a {mode} to cut out as its query "
+                         f"({counts.to_dict()}; extract:{mode} needs {need})")
     stage = Stage(root / "queries", {"extract": mode, "seed": config.seed,
                                      "documents": digest([[d.id, d.title, d.text] for d in docs])})
     if not stage.complete:
