@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import random
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -286,6 +287,9 @@ def main(argv: list[str] | None = None) -> dict:
         # seconds: summed over the queries of every process that wrote a journal (a shard's own core each)
         "seconds": round(total_seconds, 1), "load_seconds": round(load_seconds, 1),
         "queries_per_s": round(len(done) / total_seconds, 4) if total_seconds else None,
+        # the median is robust to a query that spans a pause (a process stopped with SIGSTOP counts wall time)
+        "median_seconds_per_query": round(statistics.median(rows[q]["seconds"] for q in reranked), 2)
+        if reranked else None,
         "reranked_here": len(here), "from_journals": len(done) - len(here),
         "bm25": {m: round(before[m], 4) for m in (*METRICS, f"Recall@{args.depth}")},
         "reranked": {m: round(after[m], 4) for m in (*METRICS, f"Recall@{args.depth}")},

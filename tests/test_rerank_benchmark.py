@@ -96,6 +96,7 @@ def ce_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_a_stopped_run_resumes_to_the_uninterrupted_result(beir: Path, tmp_path: Path, ce_model: Path) -> None:
     whole = rerank_benchmark.main(_common(beir, tmp_path / "whole", ce_model))
     assert whole["queries"] == 6 and not list((tmp_path / "whole" / "j-runs").glob("journal*"))
+    assert 0 < whole["median_seconds_per_query"] <= whole["seconds"]
     part = tmp_path / "part"
     first = rerank_benchmark.main(_common(beir, part, ce_model) + ["--time-budget", "1e-9"])   # one query, then stop
     assert first["queries"] == 1 and (part / "j-runs" / "journal.jsonl").exists()
