@@ -195,8 +195,8 @@ def extract_stage(config: GPLConfig, root: Path, corpus: Sequence[Document], doc
     if not stage.complete:
         write_jsonl(stage.folder / "queries.jsonl", ({"qid": q.qid, "doc": q.doc, "text": q.text} for q in queries))
         stage.finish(counts.to_dict())
-    logger.info("GPL: cut a %s out of %d of %d documents as their query (%d had too little to cut)", mode,
-                counts.kept, counts.documents, counts.too_short)
+    logger.info("GPL: cut a %s out of %d of %d documents as their query (%d had too little to cut, %d repeat it)",
+                mode, counts.kept, counts.documents, counts.too_short, counts.repeated)
     return queries, cut
 
 
