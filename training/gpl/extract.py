@@ -12,8 +12,10 @@ its source, and the teacher labels exactly the texts the student is trained on. 
 
 ``pairs``' ICT (:func:`training.pairs.make_pair`) draws a new sentence per batch and keeps it in its passage one
 time in ten; here the cut is fixed per document, because the teacher's labels and the mined negatives must be of the
-very texts the student trains on. A document yields at most one query, and only when something is left of it (a title needs a text; a sentence
-needs another sentence) and the rest does not repeat the query word for word. The rewritten documents replace the
+very texts the student trains on.
+
+A document yields at most one query, and only when something is left of it (a title needs a text; a sentence needs
+another sentence) and the rest does not repeat the query word for word. The rewritten documents replace the
 originals in the corpus that negatives are mined from.
 """
 from __future__ import annotations
