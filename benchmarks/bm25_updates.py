@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
         "documents": args.docs, "vocab": args.vocab, "postings": int(tf.nnz), "batch": args.batch,
         "rebuild_all_weights_s": round(fresh_s, 3), "first_search_cold_s": round(cold_s, 3),
         "search_steady_before_updates_s": round(steady_fresh_s, 4),
-        "segments_end": searcher.index.n_segments, "best_s": {k: round(v, 4) for k, v in best.items()},
+        "segments_end": searcher.index.n_segments, "best_s": {k: round(v, 6) for k, v in best.items()},
         "all_s": rows,
         "rebuild_vs_add_plus_first_search": round(fresh_s / (best["add"] + best["first_search_after_add"]), 1),
         "results_equal_fresh_build": bool(identical),

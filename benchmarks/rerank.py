@@ -285,10 +285,11 @@ def main(argv: list[str] | None = None) -> dict:
         "dataset": args.dataset, "split": args.split, "reranker": args.reranker, "options": options,
         "settings": settings, "depth": args.depth, "queries": len(done), "of_queries": len(dataset.queries),
         # seconds: summed over the queries of every process that wrote a journal (a shard's own core each)
-        "seconds": round(total_seconds, 1), "load_seconds": round(load_seconds, 1),
+        "seconds": round(total_seconds, 4), "load_seconds": round(load_seconds, 1),
         "queries_per_s": round(len(done) / total_seconds, 4) if total_seconds else None,
-        # the median is robust to a query that spans a pause (a process stopped with SIGSTOP counts wall time)
-        "median_seconds_per_query": round(statistics.median(rows[q]["seconds"] for q in reranked), 2)
+        # the median is robust to a query that spans a pause (a process stopped with SIGSTOP counts wall time);
+        # seconds and median keep 4 decimals, so a fast reranker's median is not rounded to 0 nor above the sum
+        "median_seconds_per_query": round(statistics.median(rows[q]["seconds"] for q in reranked), 4)
         if reranked else None,
         "reranked_here": len(here), "from_journals": len(done) - len(here),
         "bm25": {m: round(before[m], 4) for m in (*METRICS, f"Recall@{args.depth}")},
