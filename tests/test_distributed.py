@@ -317,6 +317,18 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
+def _wait_for_port(port: int, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def _ray_start(args: list[str], temp_dir: str) -> subprocess.Popen:
     """``ray start --block`` in a process group of its own, so exactly its processes can be stopped."""
     ports = _free_ports(6)
@@ -335,9 +347,8 @@ def test_two_node_cluster_started_with_ray_start(tmp_path: Path) -> None:
     temp_dir = tempfile.mkdtemp(prefix="rk-ray-", dir="/tmp")   # short: Ray's socket paths must fit 107 bytes
     nodes = [_ray_start(["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp_dir}"], temp_dir)]
     try:
-        time.sleep(5)
+        _wait_for_port(port, seconds=120)     # the head's GCS answers; the driver then waits for the second node
         nodes.append(_ray_start([f"--address=127.0.0.1:{port}"], temp_dir))
-        time.sleep(8)
         run = subprocess.run([sys.executable, str(DRIVER), "two-nodes", f"127.0.0.1:{port}",
                               str(sample_dir() / "corpus.jsonl")], capture_output=True, text=True, timeout=240,
                              env={**os.environ, **TWO_NODE_ENV})

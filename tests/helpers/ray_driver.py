@@ -1,14 +1,16 @@
 """A separate Ray driver process for the scale-out tests: ``python ray_driver.py COMMAND ADDRESS ARGS...``.
 
 ``build OUT CORPUS MODEL``: a slow dense build (many tiny batches) into OUT, printing "building" first, so a test can
-kill this driver mid-build. ``two-nodes CORPUS``: build bm25 in two shards on a two-node cluster, check results equal
-one index and print the nodes the shard actors ran on as JSON. ``connect``: only connect (to see the error).
+kill this driver mid-build. ``two-nodes CORPUS``: wait for the second node to join, build bm25 in two shards on a
+two-node cluster, check results equal one index and print the nodes the shard actors ran on as JSON. ``connect``: only
+connect (to see the error).
 """
 from __future__ import annotations
 
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
@@ -33,7 +35,9 @@ def two_nodes(address: str, corpus: str) -> None:
     from retrieval.retriever import Retriever
 
     connect(address)
-    nodes = len([n for n in ray.nodes() if n["Alive"]])
+    deadline = time.monotonic() + 180    # a node started just before may take a while to join on a loaded machine
+    while (nodes := len([n for n in ray.nodes() if n["Alive"]])) < 2 and time.monotonic() < deadline:
+        time.sleep(1)
     queries = list(load_beir(Path(corpus).parent, split="test").queries.values())
     single = Retriever.from_documents(corpus, show_progress=False)
     out = Path(tempfile.mkdtemp(prefix="rk-two-nodes-")) / "idx"
