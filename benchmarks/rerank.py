@@ -22,6 +22,7 @@ A run that reranks every query writes the JSON and TREC files and deletes the jo
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -38,6 +39,9 @@ from retrieval.data import load_beir  # noqa: E402
 from retrieval.datasets import data_dir  # noqa: E402
 from retrieval.eval.metrics import evaluate, write_trec_run  # noqa: E402
 from retrieval.rerank import describe, interpolate_first_stage, load_reranker, parse_option  # noqa: E402
+from retrieval.rerank.llm.listwise import ListwiseStats  # noqa: E402
+from retrieval.rerank.llm.pointwise import PointwiseStats  # noqa: E402
+from retrieval.rerank.llm.query_likelihood import QueryLikelihoodStats  # noqa: E402
 from retrieval.rerank.registry import reranker_class  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
 from retrieval.eval.significance import compare_runs  # noqa: E402
@@ -128,6 +132,12 @@ def read_journal(path: Path, config: dict) -> tuple[dict, dict[str, dict]]:
                                                    and isinstance(h[3], bool) for h in hits)):
             raise SystemExit(f"{path}, line {n}: expected {{qid, seconds, hits: [[id, score, first_stage_score, "
                              "reranked], ...]}}; delete the journal to rerun its queries")
+        if "replies" in row:
+            try:
+                REPLY_STATS[row["replies"]["kind"]].from_state(row["replies"])
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise SystemExit(f"{path}, line {n}: unreadable reply counts 'replies' ({type(exc).__name__}: {exc}); "
+                                 "delete the journal to rerun its queries") from None
         rows[row["qid"]] = row
     return header, rows
 
@@ -158,6 +168,21 @@ def journal_row(qid: str, seconds: float, out: list) -> dict:
     return {"qid": qid, "seconds": round(seconds, 4),
             "hits": [[h.id, float(h.score), float(h.extra.get("first_stage_score", h.score)),
                       bool(h.extra.get("reranked"))] for h in out]}
+
+
+REPLY_STATS = {"pointwise": PointwiseStats, "listwise": ListwiseStats, "query-likelihood": QueryLikelihoodStats}
+
+
+def merged_reply_stats(rows: list[dict]) -> dict | None:
+    """The LLM reply counts summed over the journal rows that carry them, whichever process reranked each query;
+    ``queries`` says how many did (rows of an older journal carry none). None for rerankers that keep no counts."""
+    states = [row["replies"] for row in rows if "replies" in row]
+    if not states:
+        return None
+    total = REPLY_STATS[states[0]["kind"]].from_state(states[0])
+    for state in states[1:]:
+        total.merge(state)
+    return total.to_dict() | {"queries": len(states), "of_queries": len(rows)}
 
 
 def hits_of(row: dict) -> list:
@@ -229,16 +254,21 @@ def main(argv: list[str] | None = None) -> dict:
         load_seconds, settings = time.perf_counter() - start, describe(reranker)
         runs_folder.mkdir(parents=True, exist_ok=True)
         journal = Journal(own, {"journal": JOURNAL_VERSION, "config": config, "settings": settings})
+        blank = copy.deepcopy(getattr(reranker, "stats", None))   # reply counts start afresh for each query
         try:
             for qid in todo:
                 if args.time_budget is not None and seconds >= args.time_budget:
                     break
+                if blank is not None:
+                    reranker.stats = copy.deepcopy(blank)
                 tic = time.perf_counter()
                 out = reranker.rerank(dataset.queries[qid], first[qid])
                 took = time.perf_counter() - tic
                 seconds += took
                 assert sorted(h.id for h in out) == sorted(h.id for h in first[qid]), "reranker lost or duplicated hits"
                 rows[qid] = journal_row(qid, took, out)
+                if blank is not None:
+                    rows[qid]["replies"] = reranker.stats.state()
                 journal.write(rows[qid])
                 here.append(qid)
         finally:
@@ -299,7 +329,7 @@ def main(argv: list[str] | None = None) -> dict:
         "sub_depths": {str(n): score_runs(qrels, runs_n, paired=len(done) >= 2) for n, runs_n in subs.items()},
         # LLM rerankers: how the model answered (listwise: ids named; pointwise: mass on the answer tokens;
         # query likelihood: query tokens and their mean log-prob), over the queries this process reranked
-        "reply_stats": reranker.stats.to_dict() if hasattr(reranker, "stats") else None,
+        "reply_stats": merged_reply_stats([rows[q] for q in done]),
         "cpu_flags": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "amx_int8", "avx512_bf16"}),
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
         "command": "python benchmarks/rerank.py " + " ".join(sys.argv[1:] if argv is None else argv),

@@ -5,6 +5,7 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers.bench_scripts import load_script
@@ -161,3 +162,63 @@ def test_shard_argument_is_checked() -> None:
         with pytest.raises(SystemExit):
             rerank_benchmark.parse_args(["--reranker", "x", "--shard", bad])
     assert rerank_benchmark.parse_args(["--reranker", "x", "--shard", "1/3"]).shard == (1, 3)
+
+
+@pytest.mark.parametrize("kind", ["llm-yesno", "llm-listwise", "llm-ql"])
+def test_shards_sum_their_reply_counts_to_the_single_process_counts(beir: Path, tmp_path: Path, kind: str) -> None:
+    """Each journal row carries its query's reply counts, so a merge of shards reports every query's replies."""
+    lm = write_tiny_chat_lm(tmp_path / "lm")
+    common = ["--data", str(beir), "--reranker", f"{kind}:{lm}", "--depth", "6", "--interpolate", "0.5",
+              "--name", "r", "--option", "max_passage_words=20"] + (["--option", "window=4", "--option", "step=2"]
+                                                                     if kind == "llm-listwise" else [])
+    whole = rerank_benchmark.main(common + ["--out", str(tmp_path / "whole")])
+    for i in range(2):
+        rerank_benchmark.main(common + ["--out", str(tmp_path / "sharded"), "--shard", f"{i}/2"])
+    merged = rerank_benchmark.main(common + ["--out", str(tmp_path / "sharded"), "--resume"])
+    assert merged["from_journals"] == 6
+    ours, theirs = merged["reply_stats"], whole["reply_stats"]
+    assert ours["queries"] == ours["of_queries"] == theirs["queries"] == 6
+    counts = {"llm-yesno": "passages", "llm-listwise": "windows", "llm-ql": "passages"}[kind]
+    assert ours[counts] == theirs[counts] == (6 * 6 if kind != "llm-listwise" else 6 * 2)
+    assert ours.keys() == theirs.keys()
+    for key, value in theirs.items():   # sums of floats in another order: equal within rounding
+        assert ours[key] == (pytest.approx(value) if isinstance(value, float) else value), key
+
+
+def test_reply_counts_sum_across_processes_and_bad_ones_are_named(beir: Path, tmp_path: Path) -> None:
+    from retrieval.rerank.llm.listwise import ListwiseStats
+    from retrieval.rerank.llm.pointwise import PointwiseStats
+    from retrieval.rerank.llm.query_likelihood import QueryLikelihoodStats
+
+    a, b, both = PointwiseStats(["Yes", "No"]), PointwiseStats(["Yes", "No"]), PointwiseStats(["Yes", "No"])
+    first, second = np.log([[0.6, 0.3], [0.1, 0.2]]), np.log([[0.2, 0.7]])
+    a.add(first), b.add(second), both.add(first), both.add(second)
+    total = PointwiseStats.from_state(a.state())
+    total.merge(json.loads(json.dumps(b.state())))
+    assert total.to_dict()["preferred"] == both.to_dict()["preferred"] == {"Yes": 1, "No": 2}
+    assert total.to_dict()["mean_choice_mass"] == pytest.approx(both.to_dict()["mean_choice_mass"])
+    with pytest.raises(ValueError, match="cannot add"):
+        total.merge(PointwiseStats(list("012345")).state())
+    ql = QueryLikelihoodStats()
+    ql.add([np.array([-1.0, -np.inf]), np.array([-3.0])])
+    assert QueryLikelihoodStats.from_state(ql.state()).to_dict() == ql.to_dict()
+    lw = ListwiseStats(windows=3, ids_shown=12, ids_named=5, windows_unparsed=1, windows_reordered=2)
+    twice = ListwiseStats.from_state(lw.state())
+    twice.merge(lw.state())
+    assert twice.to_dict() == {**lw.to_dict(), "windows": 6, "ids_shown": 24, "ids_named": 10,
+                               "windows_unparsed": 2, "windows_reordered": 4}
+    with pytest.raises(ValueError, match="cannot add"):
+        twice.merge(ql.state())
+
+    lm = write_tiny_chat_lm(tmp_path / "lm")
+    common = ["--data", str(beir), "--reranker", f"llm-yesno:{lm}", "--depth", "6", "--out", str(tmp_path),
+              "--name", "r", "--option", "max_passage_words=20"]
+    rerank_benchmark.main(common + ["--shard", "0/2"])
+    journal = tmp_path / "r-runs" / "journal.shard-0-of-2.jsonl"
+    lines = journal.read_text().splitlines(keepends=True)
+    for bad in ({"kind": "pointwise"}, {"kind": "psychic"}, "many", {**json.loads(lines[1])["replies"],
+                                                                      "preferred": {"Maybe": 3}}):
+        row = json.loads(lines[1]) | {"replies": bad}
+        journal.write_text(lines[0] + json.dumps(row) + "\n" + "".join(lines[2:]))
+        with pytest.raises(SystemExit, match=r"journal.shard-0-of-2.jsonl, line 2: unreadable reply counts"):
+            rerank_benchmark.main(common + ["--resume"])

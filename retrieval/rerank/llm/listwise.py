@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from tqdm.auto import tqdm
@@ -37,6 +37,23 @@ class ListwiseStats:
         data: dict[str, Any] = asdict(self)
         data["named_fraction"] = self.ids_named / self.ids_shown if self.ids_shown else None
         return data
+
+    def state(self) -> dict[str, Any]:
+        """The raw counters as JSON, so counts from separate processes (benchmark shards) can be summed."""
+        return {"kind": "listwise", **asdict(self)}
+
+    def merge(self, state: dict[str, Any]) -> None:
+        """Add another instance's ``state()``."""
+        if state.get("kind") != "listwise":
+            raise ValueError(f"cannot add reply counts of {state.get('kind')} to listwise")
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + state[f.name])
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ListwiseStats:
+        stats = cls()
+        stats.merge(state)
+        return stats
 
 
 class ListwiseReranker(_LLMReranker):

@@ -74,6 +74,27 @@ class PointwiseStats:
         return {"passages": self.passages, "preferred": dict(self.preferred),
                 "mean_choice_mass": self.choice_mass_sum / self.passages if self.passages else None}
 
+    def state(self) -> dict[str, Any]:
+        """The raw counters as JSON, so counts from separate processes (benchmark shards) can be summed."""
+        return {"kind": "pointwise", "choices": list(self.choices), "passages": self.passages,
+                "choice_mass_sum": self.choice_mass_sum, "preferred": dict(self.preferred)}
+
+    def merge(self, state: dict[str, Any]) -> None:
+        """Add another instance's ``state()``; the choices must be the same."""
+        if state.get("kind") != "pointwise" or tuple(state["choices"]) != self.choices:
+            raise ValueError(f"cannot add reply counts of {state.get('kind')} {state.get('choices')} to "
+                             f"pointwise {list(self.choices)}")
+        self.passages += state["passages"]
+        self.choice_mass_sum += state["choice_mass_sum"]
+        for choice, n in state["preferred"].items():
+            self.preferred[choice] += n
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> PointwiseStats:
+        stats = cls(state["choices"])
+        stats.merge(state)
+        return stats
+
 
 def _yes_probability(probs: np.ndarray) -> np.ndarray:
     return probs[:, 0]

@@ -54,6 +54,26 @@ class QueryLikelihoodStats:
                                        if self.tokens > self.nonfinite else None),
                 "nonfinite": self.nonfinite}
 
+    def state(self) -> dict[str, Any]:
+        """The raw counters as JSON, so counts from separate processes (benchmark shards) can be summed."""
+        return {"kind": "query-likelihood", "passages": self.passages, "tokens": self.tokens,
+                "nonfinite": self.nonfinite, "logprob_sum": self.logprob_sum}
+
+    def merge(self, state: dict[str, Any]) -> None:
+        """Add another instance's ``state()``."""
+        if state.get("kind") != "query-likelihood":
+            raise ValueError(f"cannot add reply counts of {state.get('kind')} to query-likelihood")
+        self.passages += state["passages"]
+        self.tokens += state["tokens"]
+        self.nonfinite += state["nonfinite"]
+        self.logprob_sum += state["logprob_sum"]
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> QueryLikelihoodStats:
+        stats = cls()
+        stats.merge(state)
+        return stats
+
 
 class QueryLikelihoodReranker(_LLMReranker):
     """Score = mean (``reduce="mean"``) or sum of log P(query token | passage, instruction, earlier query tokens).
