@@ -328,7 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
         "vs_bm25_nDCG@10": significance,
         "sub_depths": {str(n): score_runs(qrels, runs_n, paired=len(done) >= 2) for n, runs_n in subs.items()},
         # LLM rerankers: how the model answered (listwise: ids named; pointwise: mass on the answer tokens;
-        # query likelihood: query tokens and their mean log-prob), over the queries this process reranked
+        # query likelihood: query tokens and their mean log-prob), summed over the journal rows of every process
         "reply_stats": merged_reply_stats([rows[q] for q in done]),
         "cpu_flags": sorted(cpu_flags() & {"avx2", "avx512f", "avx512_vnni", "amx_int8", "avx512_bf16"}),
         "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
