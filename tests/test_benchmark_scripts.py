@@ -140,3 +140,40 @@ def test_llm_runtime_parses_variants_and_summarises_each_against_transformers():
     plain = result["yes_no_agreement"]["llama-cpp q8_0:plain"]
     assert plain["queries_same_order"] == 1 and plain["max_abs_diff"] == pytest.approx(0.1)
     assert np.isfinite(result["load_average"]).all()
+
+
+def test_ql_demonstrations_skip_the_scored_queries_and_never_show_a_test_answer(tmp_path):
+    import random
+
+    from helpers.tiny_beir import write_beir_folder
+    from retrieval.rerank.llm.query_likelihood import read_examples
+
+    script = load_script("ql_demonstrations")
+    docs = {f"d{i}": f"document {i} text" for i in range(8)}
+    queries = {f"q{i}": f"claim {i}" for i in range(8)}
+    train = {f"q{i}": {f"d{i}": 1} for i in range(6)}
+    folder = write_beir_folder(tmp_path / "beir", docs, queries, train, splits=("train",))
+    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq6\td2\t1\nq7\td3\t0\n")
+    order = sorted(train)
+    random.Random(0).shuffle(order)                      # rerank.py's seeded order of the train queries
+    scored = set(order[:2])
+    out = tmp_path / "shots.jsonl"
+    rows = script.main(["--data", str(folder), "--shots", "3", "--skip", "2", "--out", str(out)])
+    picked = [r["query_id"] for r in rows]
+    usable = [q for q in order[2:] if q != "q2"]       # d2 answers a test query; a grade-0 test judgment (d3) is fine
+    assert picked == usable[:3]
+    assert not scored & set(picked)
+    assert read_examples(out) == [(docs[r["doc_id"]], queries[r["query_id"]]) for r in rows]
+    with pytest.raises(SystemExit, match=f"only {len(usable)} usable train queries"):
+        script.main(["--data", str(folder), "--shots", "5", "--skip", "2", "--out", str(out)])
+
+
+def test_ql_demonstrations_on_scifact_are_disjoint_from_test_answers(tmp_path, scifact_dir):
+    from retrieval.data import load_beir
+
+    rows = load_script("ql_demonstrations").main(["--data", str(scifact_dir), "--shots", "4",
+                                                  "--out", str(tmp_path / "shots.jsonl")])
+    test_docs = {d for rels in load_beir(scifact_dir, "test").qrels.values() for d in rels}
+    train = load_beir(scifact_dir, "train")
+    assert len(rows) == 4 and not test_docs & {r["doc_id"] for r in rows}
+    assert all(train.qrels[r["query_id"]][r["doc_id"]] > 0 and r["passage"] for r in rows)

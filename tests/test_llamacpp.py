@@ -77,6 +77,25 @@ def test_kv_cache_reuse_changes_nothing_but_the_work(runtimes) -> None:
     assert evaluated < total
 
 
+def test_demonstrations_are_evaluated_once_per_query_and_score_as_on_transformers(runtimes) -> None:
+    """Few-shot QL: the shots are a prefix every passage shares, so llama.cpp evaluates them once."""
+    hf, cpp = runtimes
+    shots = [("The Colosseum in Rome was completed in 80 AD under the emperor Titus.",
+              "When was the Colosseum built?")] * 2
+    prompts = [query_likelihood_messages(p, examples=shots) for p in PASSAGES]
+    cpp._cached = []
+    before = cpp.tokens_evaluated
+    ours = cpp.continuation_logprobs(prompts, [QUERY] * len(prompts))
+    evaluated = cpp.tokens_evaluated - before
+    prefix = len(cpp.tokenize(cpp.render(prompts[0][:5])))        # system + two shots, rendered as a chat
+    total = sum(len(cpp.tokenize(cpp.render(p) + QUERY)) for p in prompts)
+    assert evaluated <= total - (len(prompts) - 1) * (prefix - 5)   # the shots were not evaluated again
+    theirs = hf.continuation_logprobs(prompts, [QUERY] * len(prompts))
+    for a, b in zip(ours, theirs):
+        assert len(a) == len(b) > 3
+        assert abs(a.mean() - b.mean()) < 0.05
+    assert int(np.argmax([a.mean() for a in ours])) == 0
+
 def test_greedy_completion_and_reranking_end_to_end(runtimes) -> None:
     from retrieval.rerank.llm import ListwiseReranker, YesNoReranker
     from retrieval.rerank.llm.query_likelihood import QueryLikelihoodReranker

@@ -9,12 +9,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrieval.errors import LLMError
+from retrieval.errors import DataError, LLMError
 from retrieval.rerank import load_reranker
 from retrieval.rerank.llm import ListwiseReranker, YesNoReranker
 from retrieval.rerank.llm.backends import HFCausalLM
 from retrieval.rerank.llm.prompts import Messages, query_likelihood_messages
-from retrieval.rerank.llm.query_likelihood import QueryLikelihoodReranker
+from retrieval.rerank.llm.query_likelihood import QueryLikelihoodReranker, read_examples
 from retrieval.rerank.llm.replies import prompt_logprobs
 from retrieval.types import Hit
 from helpers.tiny_rerank_models import tiny_causal_lm
@@ -96,6 +96,60 @@ def test_load_reranker_builds_llm_ql_without_touching_the_network() -> None:
     assert reranker.backend.completion_template == "chatml"
     with pytest.raises(ValueError, match="completion_template"):
         load_reranker("llm-ql:http://127.0.0.1:9/v1#m", completion_template="alpaca")
+
+
+SHOTS = [("Aspirin lowers the risk of heart attack in adults over fifty years of age.",
+          "Aspirin prevents heart attacks."),
+         ("Regular exercise improves sleep quality in older people.", "Exercise helps sleep.")]
+
+
+def test_demonstrations_come_first_as_earlier_turns_in_every_prompt() -> None:
+    """PaRaDe-style shots: each is a user turn (passage + instruction) and the query as the reply, before the
+    scored passage; their passages are cut like the scored ones; the ranking still follows the scored passage."""
+    backend = ScriptedQL()
+    claim = "Please write a claim based on this passage."
+    reranker = QueryLikelihoodReranker(backend, instruction=claim, examples=SHOTS, max_passage_words=4)
+    out = reranker.rerank("a claim", _hits())
+    assert [h.id for h in out] == ["alpha", "charlie", "echo", "bravo", "delta"]
+    assert reranker.n_examples == 2 and reranker.examples_from is None
+    for messages, _ in backend.seen:
+        assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
+        assert messages[1]["content"] == f"Passage: Aspirin lowers the risk\n\n{claim}"   # cut to 4 words
+        assert [messages[2]["content"], messages[4]["content"]] == [q for _, q in SHOTS]
+        assert messages[-1]["content"].endswith("\n\n" + claim)
+    assert len({str(m[:5]) for m, _ in backend.seen}) == 1    # one shared prefix for every passage
+    assert query_likelihood_messages("p", claim, ())[1:] == [{"role": "user", "content": f"Passage: p\n\n{claim}"}]
+
+
+def test_demonstrations_load_from_jsonl_and_bad_ones_name_the_line(tmp_path) -> None:
+    good = tmp_path / "shots.jsonl"
+    good.write_text('{"passage": "P one.", "query": " q one ", "query_id": "7"}\n\n'
+                    '{"passage": "P two.", "query": "q two"}\n')
+    assert read_examples(good) == [("P one.", "q one"), ("P two.", "q two")]
+    assert read_examples(str(good)) == read_examples([{"passage": "P one.", "query": "q one"}, ("P two.", "q two")])
+    reranker = load_reranker("llm-ql:http://127.0.0.1:9/v1#m", examples=str(good))   # the CLI's --option form
+    assert reranker.examples == [("P one.", "q one"), ("P two.", "q two")]
+    assert reranker.examples_from == str(good)
+    cases = {'{"passage": "p"}\n': r"line 1: missing field 'query'",
+             '{"passage": "p", "query": "q"}\n{"passage": "", "query": "q"}\n': r"line 2, field 'passage'",
+             '{"passage": "p", "query": 3}\n': r"line 1, field 'query': expected non-empty text",
+             '["p", "q"]\n': r"line 1: expected a JSON object",
+             '{"passage": "p", "query": "q"\n': r"line 1: malformed JSON",
+             '{"passage": "p", "query": "\\ud800"}\n': r"line 1, field 'query': lone surrogate",
+             '\n': r"no records"}
+    for i, (text, match) in enumerate(cases.items()):
+        bad = tmp_path / f"bad{i}.jsonl"
+        bad.write_text(text)
+        with pytest.raises(DataError, match=match) as info:
+            QueryLikelihoodReranker(ScriptedQL(), examples=bad)
+        assert str(bad) in str(info.value)
+    with pytest.raises(DataError, match="no such demonstrations file"):
+        QueryLikelihoodReranker(ScriptedQL(), examples=tmp_path / "missing.jsonl")
+    with pytest.raises(DataError, match=r"examples\[1\]: expected a \(passage, query\) pair"):
+        read_examples([("p", "q"), ("only one",)])
+    with pytest.raises(DataError, match="a JSONL path or a list"):
+        read_examples({"passage": "p", "query": "q"})
+    assert QueryLikelihoodReranker(ScriptedQL(), examples=[]).n_examples == 0
 
 
 # ---- interpolation with the first stage, for every LLM reranker ------------------------------------------

@@ -7,7 +7,8 @@ Spec strings (``KIND[:MODEL]``; only the first ``:`` splits, so URLs and paths p
 * ``llm-yesno[:MODEL]`` — P("Yes") vs P("No") to "Does the passage answer the query?".
 * ``llm-rating[:MODEL]`` — expected 0-5 grade under the digits' next-token probabilities.
 * ``llm-listwise[:MODEL]`` — RankGPT sliding windows (options ``window``, ``step``).
-* ``llm-ql[:MODEL]`` — query likelihood: mean (``reduce="sum"``: sum) log P(query | passage, instruction).
+* ``llm-ql[:MODEL]`` — query likelihood: mean (``reduce="sum"``: sum) log P(query | passage, instruction);
+  options ``instruction`` and ``examples`` (a JSONL file of ``{"passage", "query"}`` demonstrations).
 
 ``MODEL`` for the LLM kinds defaults to ``smollm2`` (bundled SmolLM2-135M-Instruct GGUF); it may be
 ``gemma3-270m`` (the ``gemma`` extra), a local folder, a ``.gguf`` file, a hub name, or

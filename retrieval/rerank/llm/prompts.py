@@ -58,13 +58,20 @@ def listwise_messages(query: str, passages: Sequence[str]) -> Messages:
     return [{"role": "system", "content": RANKGPT_SYSTEM}, {"role": "user", "content": user}]
 
 
-def query_likelihood_messages(passage: str, instruction: str = QL_INSTRUCTION) -> Messages:
+def query_likelihood_messages(passage: str, instruction: str = QL_INSTRUCTION,
+                              examples: Sequence[tuple[str, str]] = ()) -> Messages:
     """The passage, then the instruction (UPR's by default); the score is log P(query | passage, instruction), the
-    query read as the reply. Another instruction fits queries that are not questions (e.g. SciFact's claims)."""
+    query read as the reply. Another instruction fits queries that are not questions (e.g. SciFact's claims).
+
+    ``examples``: (passage, query) demonstrations, each an earlier user turn and its reply (PaRaDe, Drozdov et
+    al. 2023). They come first, so every passage's prompt shares them as a prefix a KV cache can keep."""
     if not instruction.strip():
         raise ValueError("the query-likelihood instruction is empty")
-    user = f"Passage: {passage}\n\n{instruction.strip()}"
-    return [{"role": "system", "content": QL_SYSTEM}, {"role": "user", "content": user}]
+    messages = [{"role": "system", "content": QL_SYSTEM}]
+    for shown, query in examples:
+        messages += [{"role": "user", "content": f"Passage: {shown}\n\n{instruction.strip()}"},
+                     {"role": "assistant", "content": query.strip()}]
+    return messages + [{"role": "user", "content": f"Passage: {passage}\n\n{instruction.strip()}"}]
 
 
 def render_chatml(messages: Messages) -> str:
