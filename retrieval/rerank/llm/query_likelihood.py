@@ -28,7 +28,6 @@ import numpy as np
 
 from retrieval.data import check_text, iter_jsonl
 from retrieval.errors import DataError
-
 from retrieval.rerank.llm.backends import LLMBackend
 from retrieval.rerank.llm.base import _LLMReranker
 from retrieval.rerank.llm.prompts import QL_INSTRUCTION, query_likelihood_messages, truncate_words
