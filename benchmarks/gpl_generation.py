@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from retrieval.datasets import data_dir  # noqa: E402
+from retrieval.datasets import beir_folder, data_dir  # noqa: E402
 from retrieval.dense.cpu import cpu_flags  # noqa: E402
 from training.gpl.filter import filter_queries  # noqa: E402
 from training.sentences import read_corpus  # noqa: E402
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    folder = Path(args.data) / args.dataset if (Path(args.data) / args.dataset).is_dir() else Path(args.data)
+    folder = beir_folder(args.data, args.dataset)
     docs = list(read_corpus(str(folder)))[1000:1000 + args.docs]
     passages = passages_of([d.full_text for d in docs], args.max_words)
     texts = {d.id: d.full_text for d in docs}

@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import random
 import sys
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from retrieval.data import load_beir  # noqa: E402
-from retrieval.datasets import data_dir  # noqa: E402
+from retrieval.datasets import data_dir, seeded_order  # noqa: E402
 from retrieval.dense.cpu import cpu_flags  # noqa: E402
 from retrieval.models import DEFAULT_LLM  # noqa: E402
 from retrieval.rerank.base import passage_text  # noqa: E402
@@ -71,8 +70,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def scifact_prompts(args: argparse.Namespace) -> tuple[list[str], list[list[str]]]:
     """Queries and, per query, BM25's top passages (truncated) from SciFact test."""
     dataset = load_beir(Path(args.data) / "beir" / "scifact", "test")
-    qids = sorted(dataset.queries)
-    random.Random(0).shuffle(qids)
+    qids = seeded_order(dataset.queries, 0)
     queries = [dataset.queries[q] for q in qids[: args.queries]]
     retriever = Retriever.from_documents(dataset.corpus_path, method="bm25", show_progress=False)
     hits = retriever.retrieve_batch(queries, k=args.passages)

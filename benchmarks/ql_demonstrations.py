@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from retrieval.data import load_beir  # noqa: E402
-from retrieval.datasets import data_dir  # noqa: E402
+from retrieval.datasets import beir_folder, data_dir, seeded_order  # noqa: E402
 from retrieval.persistence import atomic_write_text  # noqa: E402
 
 
@@ -45,8 +44,7 @@ def draw(folder: Path, split: str, held_out: str, shots: int, skip: int, seed: i
     """The first ``shots`` usable queries after the ``skip`` that rerank.py evaluates, each with one relevant doc."""
     source = load_beir(folder, split)
     banned = {d for docs in load_beir(folder, held_out).qrels.values() for d, grade in docs.items() if grade > 0}
-    qids = sorted(source.queries)
-    random.Random(seed).shuffle(qids)     # rerank.py's order, so --skip leaves out exactly what it scores
+    qids = seeded_order(source.queries, seed)   # rerank.py's order, so --skip leaves out exactly what it scores
     picked: list[tuple[str, str]] = []
     for qid in qids[skip:]:
         relevant = sorted(d for d, grade in source.qrels.get(qid, {}).items() if grade > 0)
@@ -72,7 +70,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parse_args(argv)
     if args.shots < 1 or args.skip < 0:
         raise SystemExit("--shots must be >= 1 and --skip >= 0")
-    folder = Path(args.data) / args.dataset if (Path(args.data) / args.dataset).is_dir() else Path(args.data)
+    folder = beir_folder(args.data, args.dataset)
     rows = draw(folder, args.split, args.held_out, args.shots, args.skip, args.seed)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(args.out), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))

@@ -26,7 +26,6 @@ import copy
 import json
 import logging
 import os
-import random
 import statistics
 import sys
 import time
@@ -36,7 +35,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from retrieval.data import load_beir  # noqa: E402
-from retrieval.datasets import data_dir  # noqa: E402
+from retrieval.datasets import beir_folder, data_dir, seeded_order  # noqa: E402
 from retrieval.eval.metrics import evaluate, write_trec_run  # noqa: E402
 from retrieval.rerank import describe, interpolate_first_stage, load_reranker, parse_option  # noqa: E402
 from retrieval.rerank.llm.listwise import ListwiseStats  # noqa: E402
@@ -211,10 +210,9 @@ def score_runs(qrels: dict, runs: dict[str, dict], paired: bool) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    folder = Path(args.data) / args.dataset if (Path(args.data) / args.dataset).is_dir() else Path(args.data)
+    folder = beir_folder(args.data, args.dataset)
     dataset = load_beir(folder, args.split)
-    qids = sorted(dataset.queries)
-    random.Random(args.seed).shuffle(qids)
+    qids = seeded_order(dataset.queries, args.seed)
     if args.max_queries is not None:
         qids = qids[: args.max_queries]
     options = dict(parse_option(o) for o in args.option)

@@ -6,6 +6,8 @@ the tests and the benchmark scripts pass ``../shared/data`` as their own default
 from __future__ import annotations
 
 import os
+import random
+from collections.abc import Iterable
 from pathlib import Path
 
 from retrieval.errors import DataError
@@ -24,3 +26,17 @@ def data_dir(folder: str | Path | None = None, *, default: str | Path | None = N
         raise DataError(f"no data folder given: pass one (--data DIR in the CLI) or set {DATA_ENV}=DIR "
                         "(a folder with beir/ and mteb/ inside)")
     return Path(chosen)
+
+
+def beir_folder(data: str | Path, dataset: str) -> Path:
+    """``data/dataset`` when that folder exists (``data`` is a data root), else ``data`` (itself a BEIR folder)."""
+    root = Path(data)
+    return root / dataset if (root / dataset).is_dir() else root
+
+
+def seeded_order(ids: Iterable[str], seed: int = 0) -> list[str]:
+    """``ids`` sorted, then shuffled by ``random.Random(seed)``: benchmark subsets are its first N, so every script
+    that names "the first 100 train queries" means the same ones."""
+    order = sorted(ids)
+    random.Random(seed).shuffle(order)
+    return order

@@ -10,7 +10,7 @@ import pytest
 
 from helpers.fake_encoders import HashEncoder
 from retrieval import Retriever, load_beir
-from retrieval.datasets import DATA_ENV, data_dir
+from retrieval.datasets import DATA_ENV, beir_folder, data_dir, seeded_order
 from retrieval.dense.cache import CachedEncoder, cache_key, model_fingerprint
 from retrieval.errors import DataError
 from retrieval.eval.metrics import evaluate, read_run
@@ -136,6 +136,19 @@ def test_data_dir_is_one_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert data_dir(default=tmp_path / "d") == tmp_path / "env"
     assert data_dir(tmp_path / "arg", default=tmp_path / "d") == tmp_path / "arg"
 
+
+
+def test_beir_folder_and_seeded_order_are_what_every_benchmark_script_means(tmp_path: Path) -> None:
+    import random
+
+    (tmp_path / "beir" / "scifact").mkdir(parents=True)
+    assert beir_folder(tmp_path, "beir/scifact") == tmp_path / "beir" / "scifact"     # a data root
+    assert beir_folder(tmp_path / "beir" / "scifact", "beir/scifact") == tmp_path / "beir" / "scifact"  # a folder
+    ids = [f"q{i}" for i in range(50)]
+    expected = sorted(ids)
+    random.Random(3).shuffle(expected)
+    assert seeded_order(reversed(ids), seed=3) == expected == seeded_order(set(ids), seed=3)
+    assert seeded_order(ids, seed=0) != expected
 
 def test_training_evaluation_is_the_dense_retriever_path(tiny_model_folder: Path, tmp_path: Path) -> None:
     from sentence_transformers import SentenceTransformer
