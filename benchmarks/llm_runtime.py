@@ -15,7 +15,11 @@ the system prompt and the query, as in reranking) and as query-likelihood prompt
 * generation tokens/s = (generated tokens - 1) / (seconds of a ``--gen-tokens`` greedy reply - seconds of a
   1-token reply) over the same prompt, each of the two the fastest of all passes (the difference of two noisy
   times: the best of per-pass ratios once read 1,661 tok/s for a 135M model on one core, a stall in one 1-token reply);
-* agreement: yes/no scores P(Yes)/(P(Yes)+P(No)) of the two runtimes (max |diff|, same order per query).
+* agreement: yes/no scores P(Yes)/(P(Yes)+P(No)) of the two runtimes (max |diff|, same order per query);
+* roofline: the model's matmul work per prompt token (its linear layers, 2 FLOPs per weight; attention scores and
+  the LM head left out) against a PyTorch fp32 GEMM of the model's own MLP shape on ``--threads`` threads. It
+  says how close each runtime's evaluated prompt tokens (the KV cache's spared ones excluded) come to the
+  arithmetic this CPU does in float, and so the most any float runtime could gain over transformers here.
 
 Prints a table and writes ``benchmarks/out/llm_runtime.json`` with the CPU flags and the load average.
 """
@@ -137,6 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
                 backend.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
             runs[name].append(measure(backend, queries, passages, args, counts))
     result = summarise(args, runs, load_s, counts, queries, passages)
+    result["roofline"] = roofline(result, hf.model.config, gemm_gflops(hf.model.config, args.threads))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2), encoding="utf-8")
     print_table(result)
@@ -183,6 +188,49 @@ def summarise(args, runs, load_s, counts, queries, passages) -> dict:
     }
 
 
+def linear_flops_per_token(config) -> float:
+    """FLOPs of one token through a Llama-style decoder's linear layers (q, k, v, o and the gated MLP)."""
+    hidden, layers = config.hidden_size, config.num_hidden_layers
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    kv = getattr(config, "num_key_value_heads", None) or heads
+    weights = hidden * heads * head_dim * 2 + hidden * kv * head_dim * 2 + 3 * hidden * config.intermediate_size
+    return 2.0 * layers * weights
+
+
+def gemm_gflops(config, threads: int, rows: int = 512, repeats: int = 7) -> float:
+    """Best fp32 GEMM rate of PyTorch on ``threads`` threads, at the model's MLP shape: what this CPU does in float."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(rows, config.hidden_size), torch.randn(config.hidden_size, config.intermediate_size)
+    for _ in range(3):
+        a @ b
+    fastest = min(timed(lambda: [a @ b for _ in range(10)])[1] / 10 for _ in range(repeats))
+    return 2.0 * rows * config.hidden_size * config.intermediate_size / fastest / 1e9
+
+
+def roofline(result: dict, config, gemm: float) -> dict:
+    """Each runtime's evaluated prompt rate as GFLOP/s and as a share of the GEMM rate; the float ceiling."""
+    flops = linear_flops_per_token(config)
+    total = result["prompt_tokens"]["yes_no"]
+    rows, evaluated = {}, {}
+    for name, row in result["runtimes"].items():
+        spared = row.get("yes_no_tokens_reused", 0) / total
+        evaluated[name] = {"yes_no": row["yes_no_prompt_tokens_per_s"] * (1 - spared),
+                           "ql": row["ql_prompt_tokens_per_s"]}
+        rows[name] = {f"{k}_evaluated_tokens_per_s": round(v, 1) for k, v in evaluated[name].items()}
+        rows[name] |= {f"{k}_share_of_gemm": round(v * flops / 1e9 / gemm, 2) for k, v in evaluated[name].items()}
+    ceiling = gemm * 1e9 / flops          # evaluated tokens/s of a runtime whose every matmul ran at the GEMM rate
+    reuse = max(row.get("yes_no_tokens_reused", 0) for row in result["runtimes"].values()) / total
+    hf = result["runtimes"]["transformers"]
+    return {"linear_gflop_per_token": round(flops / 1e9, 4), "fp32_gemm_gflop_per_s": round(gemm, 1),
+            "runtimes": rows, "ceiling_evaluated_tokens_per_s": round(ceiling, 1),
+            # the most a float runtime could gain over transformers, with the KV cache reuse measured here
+            "ceiling_vs_transformers": {"yes_no": round(ceiling / (1 - reuse) / hf["yes_no_prompt_tokens_per_s"], 2),
+                                        "ql": round(ceiling / hf["ql_prompt_tokens_per_s"], 2)}}
+
+
 def print_table(result: dict) -> None:
     print(f"{'runtime':<24}{'yes/no prompt tok/s':>22}{'QL prompt tok/s':>18}{'generation tok/s':>18}{'load s':>8}")
     for name, row in result["runtimes"].items():
@@ -190,6 +238,11 @@ def print_table(result: dict) -> None:
               f"{row['generation_tokens_per_s']:>18}{row['load_s']:>8}")
     for name, ratios in result["speedup_vs_transformers"].items():
         print(f"{name} / transformers: {ratios}; yes/no agreement {result['yes_no_agreement'][name]}")
+    if "roofline" in result:
+        roof = result["roofline"]
+        print(f"roofline: {roof['linear_gflop_per_token']} GFLOP per prompt token, "
+              f"fp32 GEMM {roof['fp32_gemm_gflop_per_s']} GFLOP/s; share of it per runtime {roof['runtimes']}; "
+              f"a float runtime gains at most {roof['ceiling_vs_transformers']} over transformers")
     print(f"CPU flags {result['cpu_flags']}; load average {result['load_average']}")
 
 

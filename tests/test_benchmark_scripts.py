@@ -142,6 +142,34 @@ def test_llm_runtime_parses_variants_and_summarises_each_against_transformers():
     assert np.isfinite(result["load_average"]).all()
 
 
+def test_llm_runtime_roofline_counts_the_matmuls_and_excludes_the_tokens_the_cache_spared():
+    from types import SimpleNamespace
+
+    runtime = load_script("llm_runtime")
+    # SmolLM2-135M: 30 layers, 576 wide, 9 query heads and 3 key/value heads of 64, MLP 1536 (106.2M matmul weights)
+    smol = SimpleNamespace(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                           intermediate_size=1536)
+    assert runtime.linear_flops_per_token(smol) == 2 * 30 * (2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536)
+    assert runtime.linear_flops_per_token(SimpleNamespace(hidden_size=4, num_hidden_layers=1, num_attention_heads=2,
+                                                          intermediate_size=8)) == 2 * (4 * 16 + 3 * 32)  # no GQA
+    tiny = SimpleNamespace(hidden_size=8, intermediate_size=16)
+    assert runtime.gemm_gflops(tiny, threads=1, rows=4, repeats=1) > 0
+    flops = runtime.linear_flops_per_token(smol)
+    gemm = 400 * flops / 1e9                       # a GEMM rate of exactly 400 tokens/s of this model
+    result = {"prompt_tokens": {"yes_no": 1000, "ql": 1000},
+              "runtimes": {"transformers": {"yes_no_prompt_tokens_per_s": 100.0, "ql_prompt_tokens_per_s": 200.0},
+                           "llama-cpp f16": {"yes_no_prompt_tokens_per_s": 300.0, "ql_prompt_tokens_per_s": 200.0,
+                                             "yes_no_tokens_reused": 250}}}
+    roof = runtime.roofline(result, smol, gemm)
+    cpp = roof["runtimes"]["llama-cpp f16"]
+    assert cpp["yes_no_evaluated_tokens_per_s"] == 225.0      # a quarter of its tokens came from the cache
+    assert cpp["yes_no_share_of_gemm"] == 0.56 and cpp["ql_share_of_gemm"] == 0.5
+    assert roof["runtimes"]["transformers"]["yes_no_share_of_gemm"] == 0.25
+    assert roof["ceiling_evaluated_tokens_per_s"] == 400.0
+    # yes/no: 400 evaluated tokens/s with a quarter spared is 533 prompt tokens/s, 5.33x transformers' 100
+    assert roof["ceiling_vs_transformers"] == {"yes_no": 5.33, "ql": 2.0}
+
+
 def test_ql_demonstrations_skip_the_scored_queries_and_never_show_a_test_answer(tmp_path):
     import random
 
