@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from retrieval.rerank import CrossEncoderReranker, apply_scores, load_reranker, parse_option, passage_text
+from retrieval.rerank import (CrossEncoderReranker, apply_scores, interpolate_first_stage, load_reranker, parse_option,
+                              passage_text)
 from retrieval.types import Hit
 from helpers.tiny_rerank_models import write_tiny_bert_cross_encoder
 
@@ -99,6 +101,29 @@ def test_interpolation_is_a_weighted_sum_of_min_max_scores() -> None:
         interpolate_first_stage([1.0, 2.0, 3.0], hits, 1.5)
     with pytest.raises(ValueError, match="3 hits"):
         interpolate_first_stage([1.0], hits, 0.5)
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5, float("nan"), "0.5", True, None])
+def test_every_reranker_refuses_an_interpolation_weight_outside_zero_to_one(weight) -> None:
+    from retrieval.rerank.base import checked_weight
+    from retrieval.rerank.llm.listwise import ListwiseReranker
+    from retrieval.rerank.llm.pointwise import RatingReranker, YesNoReranker
+    from retrieval.rerank.llm.query_likelihood import QueryLikelihoodReranker
+
+    hits = [Hit("a", 2.0, "x"), Hit("b", 1.0, "y")]
+    llm = SimpleNamespace(continuation_logprobs=lambda prompts, continuations: [])   # never called
+    build = [lambda w: CrossEncoderReranker(object(), interpolate=w),
+             lambda w: YesNoReranker(llm, interpolate=w), lambda w: RatingReranker(llm, interpolate=w),
+             lambda w: ListwiseReranker(llm, interpolate=w), lambda w: QueryLikelihoodReranker(llm, interpolate=w)]
+    if weight is None:   # None means "no interpolation" for a reranker, but is no weight for the function
+        assert all(make(None).interpolate is None for make in build)
+    else:
+        for make in build:
+            with pytest.raises(ValueError, match="interpolate weight must be a number in \\[0, 1\\]"):
+                make(weight)
+    with pytest.raises(ValueError, match="interpolate weight"):
+        interpolate_first_stage([1.0, 2.0], hits, weight)
+    assert checked_weight(np.float32(0.25)) == 0.25 and isinstance(checked_weight(1), float)
 
 
 def test_cross_encoder_interpolation_option(tiny_ce: Path) -> None:

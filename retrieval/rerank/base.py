@@ -43,11 +43,18 @@ def apply_scores(hits: Sequence[Hit], scores: Sequence[float]) -> list[Hit]:
     return out
 
 
+def checked_weight(weight: object) -> float:
+    """An interpolation weight as a float in [0, 1]; anything else (a string, a bool, NaN) is a clear ValueError."""
+    if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)) \
+            or not 0.0 <= float(weight) <= 1.0:
+        raise ValueError(f"interpolate weight must be a number in [0, 1], got {weight!r}")
+    return float(weight)
+
+
 def interpolate_scores(scores: Sequence[float], first: Sequence[float], weight: float) -> np.ndarray:
     """``weight * minmax(scores) + (1 - weight) * minmax(first)`` over one query's candidates (a constant list
     normalises to zeros, so it adds nothing)."""
-    if not 0.0 <= weight <= 1.0:
-        raise ValueError(f"interpolate weight must be in [0, 1], got {weight}")
+    weight = checked_weight(weight)
 
     def minmax(values: np.ndarray) -> np.ndarray:  # unlike fusion.minmax, a constant list adds nothing (zeros)
         span = float(values.max() - values.min()) if len(values) else 0.0

@@ -8,7 +8,7 @@ import numpy as np
 
 from retrieval.errors import MissingDependency
 from retrieval.models import resolve_model
-from retrieval.rerank.base import apply_scores, interpolate_first_stage, passage_text
+from retrieval.rerank.base import apply_scores, checked_weight, interpolate_first_stage, passage_text
 from retrieval.types import Hit
 
 
@@ -20,13 +20,11 @@ class CrossEncoderReranker:
 
     def __init__(self, model: Any, batch_size: int = 32, depth: int | None = None,
                  show_progress: bool = False, interpolate: float | None = None) -> None:
-        if interpolate is not None and not 0.0 <= interpolate <= 1.0:
-            raise ValueError(f"interpolate weight must be in [0, 1], got {interpolate}")
         self.model = model
         self.batch_size = batch_size
         self.depth = depth
         self.show_progress = show_progress
-        self.interpolate = interpolate
+        self.interpolate = None if interpolate is None else checked_weight(interpolate)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str, *, device: str | None = None, max_length: int | None = None,

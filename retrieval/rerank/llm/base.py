@@ -11,7 +11,7 @@ import numpy as np
 from retrieval.models import DEFAULT_LLM
 from retrieval.rerank.llm.backends import LLMBackend, load_backend
 from retrieval.rerank.llm.prompts import truncate_words
-from retrieval.rerank.base import apply_scores, interpolate_first_stage, passage_text
+from retrieval.rerank.base import apply_scores, checked_weight, interpolate_first_stage, passage_text
 from retrieval.types import Hit
 
 logger = logging.getLogger(__name__)
@@ -32,13 +32,11 @@ class _LLMReranker:
 
     def __init__(self, backend: LLMBackend, depth: int | None = None, max_passage_words: int | None = 100,
                  show_progress: bool = False, interpolate: float | None = None) -> None:
-        if interpolate is not None and not (isinstance(interpolate, (int, float)) and 0.0 <= interpolate <= 1.0):
-            raise ValueError(f"interpolate weight must be in [0, 1], got {interpolate!r}")
         self.backend = backend
         self.depth = depth
         self.max_passage_words = max_passage_words
         self.show_progress = show_progress
-        self.interpolate = interpolate
+        self.interpolate = None if interpolate is None else checked_weight(interpolate)
 
     @classmethod
     def from_spec(cls, model: str | None, **options: Any) -> "_LLMReranker":
