@@ -211,7 +211,7 @@ class RandomQL:
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.data(), st.integers(0, 10), st.one_of(st.none(), st.integers(0, 10)),
+@given(st.data(), st.integers(0, 10), st.one_of(st.none(), st.integers(1, 10)),
        st.one_of(st.none(), st.floats(0.0, 1.0)), st.sampled_from(["mean", "sum"]))
 def test_query_likelihood_always_returns_a_permutation(data, n, depth, weight, reduce) -> None:
     hits = [Hit(id=f"d{i}", score=float(-i), text=f"passage {i}") for i in range(n)]

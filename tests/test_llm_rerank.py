@@ -123,7 +123,7 @@ class RandomBackend:
 
 @settings(max_examples=150, deadline=None)
 @given(st.data(), st.integers(0, 12), st.sampled_from(["yesno", "rating", "listwise"]),
-       st.integers(1, 6), st.integers(1, 6), st.one_of(st.none(), st.integers(0, 12)))
+       st.integers(1, 6), st.integers(1, 6), st.one_of(st.none(), st.integers(1, 12)))
 def test_every_llm_reranker_returns_a_permutation(data, n, kind, window, step, depth) -> None:
     hits = [Hit(id=f"d{i}", score=float(-i), text=f"passage {i}") for i in range(n)]
     backend = RandomBackend(data)

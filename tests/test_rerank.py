@@ -1,6 +1,7 @@
 """Reranker plumbing: score application, the cross-encoder reranker (tiny random BERT), the spec factory."""
 from __future__ import annotations
 
+import inspect
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -124,6 +125,33 @@ def test_every_reranker_refuses_an_interpolation_weight_outside_zero_to_one(weig
     with pytest.raises(ValueError, match="interpolate weight"):
         interpolate_first_stage([1.0, 2.0], hits, weight)
     assert checked_weight(np.float32(0.25)) == 0.25 and isinstance(checked_weight(1), float)
+
+
+@pytest.mark.parametrize("option, value", [("depth", 0), ("depth", -1), ("depth", 2.5), ("depth", "ten"),
+                                           ("max_passage_words", 0), ("max_passage_words", -5),
+                                           ("show_progress", "yes"), ("show_progress", 1),
+                                           ("max_tokens", 0), ("max_tokens", -1), ("batch_size", 0)])
+def test_reranker_options_are_checked_when_built_not_at_the_first_query(option, value) -> None:
+    """A bad depth or passage length used to slice silently (depth=-1 dropped the last hit, 0 reranked nothing)
+    or fail deep in a slice; max_tokens=-1 asked llama.cpp for an unbounded reply."""
+    from retrieval.rerank.llm.listwise import ListwiseReranker
+    from retrieval.rerank.llm.pointwise import YesNoReranker
+    from retrieval.rerank.llm.query_likelihood import QueryLikelihoodReranker
+
+    llm = SimpleNamespace(continuation_logprobs=lambda prompts, continuations: [])   # never called
+    kinds = {"cross-encoder": lambda **o: CrossEncoderReranker(object(), **o),
+             "yes/no": lambda **o: YesNoReranker(llm, **o), "listwise": lambda **o: ListwiseReranker(llm, **o),
+             "query likelihood": lambda **o: QueryLikelihoodReranker(llm, **o)}
+    takes = {name: make for name, make in kinds.items()
+             if option in inspect.signature({"cross-encoder": CrossEncoderReranker, "yes/no": YesNoReranker,
+                                             "listwise": ListwiseReranker,
+                                             "query likelihood": QueryLikelihoodReranker}[name]).parameters}
+    assert takes, option
+    for make in takes.values():
+        with pytest.raises(ValueError, match=f"{option} must be"):
+            make(**{option: value})
+        good = {"show_progress": True, "batch_size": 4}.get(option)   # the limits take None: "no limit"
+        assert getattr(make(**{option: good}), option) == good
 
 
 def test_cross_encoder_interpolation_option(tiny_ce: Path) -> None:

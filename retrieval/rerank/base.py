@@ -43,6 +43,23 @@ def apply_scores(hits: Sequence[Hit], scores: Sequence[float]) -> list[Hit]:
     return out
 
 
+def checked_count(name: str, value: object, minimum: int = 1, optional: bool = False) -> int | None:
+    """``value`` as an int >= ``minimum`` (or None, "no limit", with ``optional``); else ValueError naming it."""
+    if value is None and optional:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        bound = f"an integer >= {minimum}" + (" or None" if optional else "")
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    return int(value)
+
+
+def checked_flag(name: str, value: object) -> bool:
+    """``value`` as a bool; a string such as ``"yes"`` is refused rather than read as true."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
+
+
 def checked_weight(weight: object) -> float:
     """An interpolation weight as a float in [0, 1]; anything else (a string, a bool, NaN) is a clear ValueError."""
     if isinstance(weight, bool) or not isinstance(weight, (int, float, np.integer, np.floating)) \

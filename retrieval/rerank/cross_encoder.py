@@ -8,7 +8,8 @@ import numpy as np
 
 from retrieval.errors import MissingDependency
 from retrieval.models import resolve_model
-from retrieval.rerank.base import apply_scores, checked_weight, interpolate_first_stage, passage_text
+from retrieval.rerank.base import (apply_scores, checked_count, checked_flag, checked_weight,
+                                   interpolate_first_stage, passage_text)
 from retrieval.types import Hit
 
 
@@ -21,9 +22,9 @@ class CrossEncoderReranker:
     def __init__(self, model: Any, batch_size: int = 32, depth: int | None = None,
                  show_progress: bool = False, interpolate: float | None = None) -> None:
         self.model = model
-        self.batch_size = batch_size
-        self.depth = depth
-        self.show_progress = show_progress
+        self.batch_size = checked_count("batch_size", batch_size)
+        self.depth = checked_count("depth", depth, optional=True)
+        self.show_progress = checked_flag("show_progress", show_progress)
         self.interpolate = None if interpolate is None else checked_weight(interpolate)
 
     @classmethod

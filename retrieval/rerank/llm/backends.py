@@ -30,7 +30,8 @@ from retrieval.rerank.llm.prompts import Messages, first_line_end, render_chatml
 from retrieval.rerank.llm.prompts import first_line as _first_line
 from retrieval.rerank.llm.replies import (choice_scores, logsumexp, model_id, parse_json, prompt_logprobs,
                                           reply_text)
-from retrieval.rerank.llm.tokens import choice_token_ids, count as _count
+from retrieval.rerank.base import checked_count as _count
+from retrieval.rerank.llm.tokens import choice_token_ids
 from retrieval.rerank.llm.transport import Limits, Retryable, backoff_delay, http_call
 
 logger = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ import numpy as np
 from retrieval.models import DEFAULT_LLM
 from retrieval.rerank.llm.backends import LLMBackend, load_backend
 from retrieval.rerank.llm.prompts import truncate_words
-from retrieval.rerank.base import apply_scores, checked_weight, interpolate_first_stage, passage_text
+from retrieval.rerank.base import (apply_scores, checked_count, checked_flag, checked_weight,
+                                   interpolate_first_stage, passage_text)
 from retrieval.types import Hit
 
 logger = logging.getLogger(__name__)
@@ -33,9 +34,9 @@ class _LLMReranker:
     def __init__(self, backend: LLMBackend, depth: int | None = None, max_passage_words: int | None = 100,
                  show_progress: bool = False, interpolate: float | None = None) -> None:
         self.backend = backend
-        self.depth = depth
-        self.max_passage_words = max_passage_words
-        self.show_progress = show_progress
+        self.depth = checked_count("depth", depth, optional=True)
+        self.max_passage_words = checked_count("max_passage_words", max_passage_words, optional=True)
+        self.show_progress = checked_flag("show_progress", show_progress)
         self.interpolate = None if interpolate is None else checked_weight(interpolate)
 
     @classmethod

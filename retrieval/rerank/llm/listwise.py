@@ -14,13 +14,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from retrieval.rerank.base import checked_count
 from retrieval.rerank.llm.backends import LLMBackend
+from retrieval.rerank.llm.base import _LLMReranker
 from retrieval.rerank.llm.prompts import (complete_permutation, listwise_messages,
                       named_indices, sliding_windows)
 from retrieval.types import Hit
 
 logger = logging.getLogger(__name__)
-from retrieval.rerank.llm.base import _LLMReranker
 
 
 @dataclass
@@ -73,7 +74,7 @@ class ListwiseReranker(_LLMReranker):
         sliding_windows(1, window, step)  # validates window and step now, not at the first query
         self.window = window
         self.step = step
-        self.max_tokens = max_tokens
+        self.max_tokens = checked_count("max_tokens", max_tokens, optional=True)
         self.stats = ListwiseStats()
 
     def order(self, query: str, hits: Sequence[Hit]) -> list[int]:

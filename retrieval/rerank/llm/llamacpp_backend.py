@@ -30,7 +30,8 @@ from retrieval.rerank.llm.gguf_probe import runnable_gguf
 from retrieval.rerank.llm.prompts import Messages, first_line_end, render_plain
 from retrieval.rerank.llm.prompts import first_line as _first_line
 from retrieval.rerank.llm.replies import logsumexp
-from retrieval.rerank.llm.tokens import choice_token_ids, count, log_softmax
+from retrieval.rerank.base import checked_count as count
+from retrieval.rerank.llm.tokens import choice_token_ids, log_softmax
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Small pieces every local LLM backend shares: answer-token ids, a stable log-softmax, option checks."""
+"""Small pieces every local LLM backend shares: answer-token ids and a stable log-softmax."""
 from __future__ import annotations
 
 from typing import Any
@@ -28,10 +28,3 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
     values = np.asarray(logits, dtype=np.float64)
     shifted = values - values.max(axis=-1, keepdims=True)
     return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-
-
-def count(name: str, value: Any, minimum: int) -> int:
-    """``value`` as an int >= ``minimum``; else ValueError naming the option."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
