@@ -69,8 +69,10 @@ def test_query_likelihood_checks_its_backend_and_options() -> None:
         QueryLikelihoodReranker(ChoicesOnly())
     with pytest.raises(ValueError, match="interpolate"):
         QueryLikelihoodReranker(ScriptedQL(), interpolate=1.5)
-    with pytest.raises(ValueError, match="instruction is empty"):
+    with pytest.raises(ValueError, match="instruction must be a non-empty string"):
         QueryLikelihoodReranker(ScriptedQL(), instruction="  ")
+    with pytest.raises(ValueError, match="instruction must be a non-empty string, got 5"):
+        QueryLikelihoodReranker(ScriptedQL(), instruction=5)
 
 
 def test_query_likelihood_instruction_is_the_last_line_of_every_prompt() -> None:

@@ -38,6 +38,9 @@ def test_sliding_windows_go_bottom_up() -> None:
     assert sliding_windows(10, 4, 2) == [(6, 10), (4, 8), (2, 6), (0, 4)]
     assert sliding_windows(3, 20, 10) == [(0, 3)]
     assert sliding_windows(0, 20, 10) == []
+    for window, step in ((0, 1), (True, 1), (2.0, 1), ("20", 10), (20, 0), (20, 2.5)):
+        with pytest.raises(ValueError, match="(window|step) must be an integer >= 1"):
+            sliding_windows(5, window, step)
 
 
 @given(st.integers(1, 60), st.integers(1, 25), st.integers(1, 25))

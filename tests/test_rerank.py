@@ -154,6 +154,12 @@ def test_reranker_options_are_checked_when_built_not_at_the_first_query(option, 
         assert getattr(make(**{option: good}), option) == good
 
 
+@pytest.mark.parametrize("spec", [None, 5, b"llm-yesno:smollm2"])
+def test_a_reranker_spec_that_is_not_a_string_is_named(spec) -> None:
+    with pytest.raises(ValueError, match="a reranker spec is a string KIND\\[:MODEL\\]"):
+        load_reranker(spec)
+
+
 def test_cross_encoder_interpolation_option(tiny_ce: Path) -> None:
     from retrieval.rerank import interpolate_first_stage
 

@@ -54,6 +54,8 @@ def _call_with_options(factory: Any, kind: str, model: str | None, options: dict
 
 def reranker_class(spec: str) -> type:
     """The class a ``KIND[:MODEL]`` spec names, imported but not built (for its class attributes)."""
+    if not isinstance(spec, str):
+        raise ValueError(f"a reranker spec is a string KIND[:MODEL], e.g. 'llm-yesno:smollm2'; got {spec!r}")
     kind = spec.partition(":")[0]
     if kind not in RERANKERS:
         raise ValueError(f"unknown reranker {kind!r} in spec {spec!r}; choose one of {sorted(RERANKERS)}")
@@ -63,8 +65,9 @@ def reranker_class(spec: str) -> type:
 
 def load_reranker(spec: str, **options: Any) -> Reranker:
     """Build a reranker from ``KIND[:MODEL]`` (see the module docstring); ``options`` tune it."""
+    factory = reranker_class(spec).from_spec     # checks the spec first
     kind, _, model = spec.partition(":")
-    return _call_with_options(reranker_class(spec).from_spec, kind, model or None, options)
+    return _call_with_options(factory, kind, model or None, options)
 
 
 def parse_option(text: str) -> tuple[str, Any]:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from retrieval.rerank.base import checked_count
+
 Messages = list[dict[str, str]]
 
 YES_NO_CHOICES = ("Yes", "No")
@@ -65,8 +67,8 @@ def query_likelihood_messages(passage: str, instruction: str = QL_INSTRUCTION,
 
     ``examples``: (passage, query) demonstrations, each an earlier user turn and its reply (PaRaDe, Drozdov et
     al. 2023). They come first, so every passage's prompt shares them as a prefix a KV cache can keep."""
-    if not instruction.strip():
-        raise ValueError("the query-likelihood instruction is empty")
+    if not isinstance(instruction, str) or not instruction.strip():
+        raise ValueError(f"the query-likelihood instruction must be a non-empty string, got {instruction!r}")
     messages = [{"role": "system", "content": QL_SYSTEM}]
     for shown, query in examples:
         messages += [{"role": "user", "content": f"Passage: {shown}\n\n{instruction.strip()}"},
@@ -144,8 +146,8 @@ def complete_permutation(named: list[int], n: int) -> list[int]:
 
 def sliding_windows(n: int, window: int, step: int) -> list[tuple[int, int]]:
     """RankGPT's windows ``[start, end)`` from the bottom of the list to the top, so good passages bubble up."""
-    if window < 1 or step < 1:
-        raise ValueError(f"window and step must be >= 1, got window={window}, step={step}")
+    checked_count("window", window)
+    checked_count("step", step)
     if step > window:
         raise ValueError(f"step ({step}) must not exceed window ({window}), or some passages are never ranked")
     if n <= 0:
