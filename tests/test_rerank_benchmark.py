@@ -164,6 +164,17 @@ def test_shard_argument_is_checked() -> None:
     assert rerank_benchmark.parse_args(["--reranker", "x", "--shard", "1/3"]).shard == (1, 3)
 
 
+@pytest.mark.parametrize("flag, bad", [("--depth", "0"), ("--depth", "x"), ("--max-queries", "-2"),
+                                       ("--interpolate", "1.5"), ("--interpolate", "nan"), ("--interpolate", "-0.1")])
+def test_depth_and_weights_are_checked_before_any_reranking(flag: str, bad: str, capsys) -> None:
+    """A bad --interpolate used to surface only at the scoring, after every query was reranked."""
+    with pytest.raises(SystemExit):
+        rerank_benchmark.parse_args(["--reranker", "x", flag, bad])
+    assert f"argument {flag}: expected" in capsys.readouterr().err
+    args = rerank_benchmark.parse_args(["--reranker", "x", "--depth", "20", "--interpolate", "0", "--interpolate", "1"])
+    assert (args.depth, args.interpolate) == (20, [0.0, 1.0])
+
+
 @pytest.mark.parametrize("kind", ["llm-yesno", "llm-listwise", "llm-ql"])
 def test_shards_sum_their_reply_counts_to_the_single_process_counts(beir: Path, tmp_path: Path, kind: str) -> None:
     """Each journal row carries its query's reply counts, so a merge of shards reports every query's replies."""
