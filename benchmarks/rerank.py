@@ -18,6 +18,8 @@ Long runs survive a kill and spread over cores: each reranked query is appended 
 
 A run that reranks every query writes the JSON and TREC files and deletes the journals; a run stopped by
 ``--time-budget`` keeps them. Without ``--resume`` a leftover journal is refused rather than overwritten.
+``--score-only`` scores what the journals hold so far (a progress report while shards run): it loads no model,
+reranks nothing, and BM25 is scored on the same queries.
 """
 from __future__ import annotations
 
@@ -70,6 +72,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--interpolate", type=weight, action="append", default=[],
                         help="also score W*minmax(reranker)+(1-W)*minmax(BM25) from the same pass (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from this --name's journals")
+    parser.add_argument("--score-only", action="store_true",
+                        help="score the queries this --name's journals hold, rerank nothing (no model is loaded)")
     parser.add_argument("--shard", type=shard_of, default=None, metavar="I/N",
                         help="rerank only queries I, I+N, I+2N, ... of the seeded order into a journal of its own, "
                              "for another process to merge with --resume")
@@ -244,7 +248,9 @@ def main(argv: list[str] | None = None) -> dict:
     journals = journal_paths(runs_folder)
     own = runs_folder / (f"journal.shard-{args.shard[0]}-of-{args.shard[1]}.jsonl" if args.shard else "journal.jsonl")
     clash = [p for p in journals if p == own or not args.shard]   # other shards' journals may be written meanwhile
-    if clash and not args.resume:
+    if args.score_only and args.shard:
+        raise SystemExit("--score-only scores every journal of --name: drop --shard")
+    if clash and not args.resume and not args.score_only:
         raise SystemExit(f"{runs_folder} holds the journal of an unfinished run ({clash[0].name}): pass --resume "
                          "to continue it, or choose another --name")
     headers, rows = [], {}
@@ -253,7 +259,9 @@ def main(argv: list[str] | None = None) -> dict:
         headers.append(header)
         rows.update(found)
     mine = qids[args.shard[0]::args.shard[1]] if args.shard else qids
-    todo = [q for q in mine if q not in rows]
+    todo = [] if args.score_only else [q for q in mine if q not in rows]
+    if args.score_only and not any(q in rows for q in qids):
+        raise SystemExit(f"--score-only: no journaled query of this run in {runs_folder}")
 
     retriever = Retriever.from_documents(dataset.corpus_path, method="bm25", show_progress=False)
     first = dict(zip(qids, retriever.retrieve_batch([dataset.queries[q] for q in qids], k=args.depth)))

@@ -128,6 +128,27 @@ def test_shards_merge_to_the_single_process_result(beir: Path, tmp_path: Path, c
     assert not list((out / "j-runs").glob("journal*"))
 
 
+def test_score_only_reports_the_journaled_queries_and_loads_no_model(beir: Path, tmp_path: Path, ce_model: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    whole = rerank_benchmark.main(_common(beir, tmp_path / "whole", ce_model))
+    out = tmp_path / "progress"
+    with pytest.raises(SystemExit, match="no journaled query"):
+        rerank_benchmark.main(_common(beir, out, ce_model) + ["--score-only"])
+    rerank_benchmark.main(_common(beir, out, ce_model) + ["--shard", "0/3"])          # 2 of the 6 queries
+    with pytest.raises(SystemExit, match="drop --shard"):
+        rerank_benchmark.main(_common(beir, out, ce_model) + ["--score-only", "--shard", "0/3"])
+    with monkeypatch.context() as patch:
+        patch.setattr(rerank_benchmark, "load_reranker", lambda *a, **k: pytest.fail("--score-only loaded a model"))
+        part = rerank_benchmark.main(_common(beir, out, ce_model) + ["--score-only"])
+    assert (part["queries"], part["of_queries"], part["reranked_here"], part["from_journals"]) == (2, 6, 0, 2)
+    assert part["settings"] == whole["settings"]
+    assert [p.name for p in (out / "j-runs").glob("journal*")] == ["journal.shard-0-of-3.jsonl"]   # kept
+    full = _run_scores(tmp_path / "whole" / "j-runs" / "reranked.trec")
+    partial = _run_scores(out / "j-runs" / "reranked.trec")
+    assert len(partial) == 2 and all(partial[q] == full[q] for q in partial)
+    _same_result(rerank_benchmark.main(_common(beir, out, ce_model) + ["--resume"]), whole)
+
+
 def test_a_torn_journal_line_is_rerun_and_a_bad_one_is_named(beir: Path, tmp_path: Path, ce_model: Path) -> None:
     whole = rerank_benchmark.main(_common(beir, tmp_path / "whole", ce_model))
     rerank_benchmark.main(_common(beir, tmp_path, ce_model) + ["--shard", "0/2"])
