@@ -14,6 +14,7 @@ import pytest
 from retrieval.rerank.llm.backends import LLMError, OpenAIBackend
 from retrieval.rerank import load_reranker
 from retrieval.types import Hit
+from helpers.fake_http import chat_reply
 
 MAX_REQUESTS = 200  # the fake server refuses to serve more, so a retry loop can never run away
 
@@ -66,14 +67,6 @@ class FakeServer:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
-
-
-def chat_reply(text: str, top: dict[str, float] | None = None) -> dict[str, Any]:
-    choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": text}}
-    if top is not None:
-        choice["logprobs"] = {"content": [{"token": text, "logprob": max(top.values()),
-                                           "top_logprobs": [{"token": t, "logprob": v} for t, v in top.items()]}]}
-    return {"choices": [choice]}
 
 
 @pytest.fixture
