@@ -264,6 +264,24 @@ def test_onnx_backend_options_and_missing_dependency(tiny_model_dir, monkeypatch
         load_encoder(str(tiny_model_dir), int8=True, backend="onnx")
 
 
+@pytest.mark.parametrize("backend", ["onnx", "openvino"])
+def test_exported_backends_refuse_what_numpy_pooling_cannot_redo_naming_themselves(backend):
+    from retrieval.dense.onnx import _st_parts
+
+    def module(kind, **attrs):
+        return type(kind, (), attrs)()
+
+    transformer = module("Transformer")
+    assert _st_parts([transformer, module("Pooling", pooling_mode="cls"), module("Normalize")], backend) == (
+        transformer, "cls")
+    for parts, why in (([transformer, module("Dense")], "Transformer -> Pooling"),
+                       ([transformer, module("Pooling"), module("Dense")], "Transformer -> Pooling"),
+                       ([transformer, module("Pooling", pooling_mode="weightedmean")], "supports pooling"),
+                       ([transformer, module("Pooling", pooling_mode="mean", include_prompt=False)], "include_prompt")):
+        with pytest.raises(ValueError, match=f"backend='{backend}' .*{why}"):
+            _st_parts(parts, backend)
+
+
 @pytest.mark.model
 def test_bundled_minilm_onnx_int8_stays_close(monkeypatch, tmp_path):
     pytest.importorskip("onnxruntime")

@@ -156,13 +156,21 @@ def cached_onnx_model(hf_model: Any, settings: OnnxSettings = OnnxSettings(),
     return path
 
 
-def _st_parts(st_model: Any) -> tuple[Any, Any]:
-    """(Transformer, Pooling) of a Transformer -> Pooling [-> Normalize] model; anything else is unsupported."""
+def _st_parts(st_model: Any, backend: str = "onnx") -> tuple[Any, str]:
+    """(Transformer, pooling mode) of a Transformer -> Pooling [-> Normalize] model whose pooling an exported
+    runtime (``backend``: onnx, openvino) can redo in numpy; anything else is refused with the backend's name."""
     modules = list(st_model.children()) if hasattr(st_model, "children") else list(st_model)
     kinds = [type(m).__name__ for m in modules]
     if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Normalize" for k in kinds[2:]):
-        raise ValueError(f"backend='onnx' supports Transformer -> Pooling [-> Normalize] models; this one is {kinds}")
-    return modules[0], modules[1]
+        raise ValueError(f"backend={backend!r} supports Transformer -> Pooling [-> Normalize] models; "
+                         f"this one is {kinds}")
+    pooling = modules[1]
+    mode = str(getattr(pooling, "pooling_mode", "mean"))
+    if mode not in SUPPORTED_POOLING:
+        raise ValueError(f"backend={backend!r} supports pooling {SUPPORTED_POOLING}; model uses {mode!r}")
+    if getattr(pooling, "include_prompt", True) is False:
+        raise ValueError(f"backend={backend!r} does not support Pooling(include_prompt=False)")
+    return modules[0], mode
 
 
 class OnnxEncoder:
@@ -171,12 +179,7 @@ class OnnxEncoder:
     def __init__(self, st_model: Any, settings: OnnxSettings = OnnxSettings(),
                  cache_dir: str | Path | None = None, threads: int | None = None) -> None:
         _, ort = _onnx_modules()
-        transformer, pooling = _st_parts(st_model)
-        self.pooling = str(getattr(pooling, "pooling_mode", "mean"))
-        if self.pooling not in SUPPORTED_POOLING:
-            raise ValueError(f"backend='onnx' supports pooling {SUPPORTED_POOLING}; model uses {self.pooling!r}")
-        if getattr(pooling, "include_prompt", True) is False:
-            raise ValueError("backend='onnx' does not support Pooling(include_prompt=False)")
+        transformer, self.pooling = _st_parts(st_model, "onnx")
         self.st_model = st_model
         self.tokenizer = transformer.tokenizer
         self.path = cached_onnx_model(transformer.auto_model, settings, cache_dir)

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.dense.onnx import INPUT_NAMES, SUPPORTED_POOLING, _hidden_state_module, _st_parts
+from retrieval.dense.onnx import INPUT_NAMES, _hidden_state_module, _st_parts
 from retrieval.errors import DataError, MissingDependency
 from retrieval.persistence import atomic_dir, atomic_write_text
 
@@ -225,12 +225,7 @@ class OpenVinoEncoder:
         self.openvino = openvino_module()
         if settings.quantize:
             nncf_module()
-        transformer, pooling = _st_parts(st_model)
-        self.pooling = str(getattr(pooling, "pooling_mode", "mean"))
-        if self.pooling not in SUPPORTED_POOLING:
-            raise ValueError(f"backend='openvino' supports pooling {SUPPORTED_POOLING}; model uses {self.pooling!r}")
-        if getattr(pooling, "include_prompt", True) is False:
-            raise ValueError("backend='openvino' does not support Pooling(include_prompt=False)")
+        transformer, self.pooling = _st_parts(st_model, "openvino")
         self.st_model, self.settings = st_model, settings
         self.tokenizer, self.hf_model = transformer.tokenizer, transformer.auto_model
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
