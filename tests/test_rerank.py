@@ -160,6 +160,19 @@ def test_a_reranker_spec_that_is_not_a_string_is_named(spec) -> None:
         load_reranker(spec)
 
 
+@pytest.mark.parametrize("spec, option", [("llm-yesno:smollm2", {"depth": 0}), ("llm-rating:smollm2", {"interpolate": 2}),
+                                          ("llm-listwise:smollm2", {"window": 2.0}),
+                                          ("llm-ql:smollm2", {"reduce": "median"}),
+                                          ("llm-ql:smollm2", {"examples": "/no/such/shots.jsonl"})])
+def test_an_llm_rerankers_own_options_fail_before_its_model_loads(spec, option, monkeypatch) -> None:
+    import retrieval.rerank.llm.base as llm_base
+    from retrieval.errors import DataError
+
+    monkeypatch.setattr(llm_base, "load_backend", lambda *a, **k: pytest.fail("the model loaded first"))
+    with pytest.raises((ValueError, DataError)):
+        load_reranker(spec, **option)
+
+
 def test_cross_encoder_interpolation_option(tiny_ce: Path) -> None:
     from retrieval.rerank import interpolate_first_stage
 

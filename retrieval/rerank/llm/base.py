@@ -28,6 +28,15 @@ def _softmax(logprobs: np.ndarray) -> np.ndarray:
     return np.divide(exp, total, out=np.full_like(exp, 1.0 / exp.shape[1]), where=total > 0)
 
 
+class _NotLoaded:
+    """A stand-in backend for checking a reranker's options before its model loads; every call fails."""
+
+    def __getattr__(self, name: str) -> Any:
+        def not_loaded(*args: Any, **kwargs: Any) -> Any:
+            raise RuntimeError(f"{name}: the model is not loaded (this backend only checks options)")
+        return not_loaded
+
+
 class _LLMReranker:
     """Shared construction: a backend, a rerank depth, and passage truncation."""
 
@@ -47,6 +56,7 @@ class _LLMReranker:
         rest = {k: v for k, v in options.items() if k not in own}
         if "show_progress" in mine:
             rest["show_progress"] = mine["show_progress"]
+        cls(_NotLoaded(), **mine)    # this reranker's own options fail now, before a model load of seconds
         return cls(load_backend(model or DEFAULT_LLM, **rest), **mine)
 
     def _passage(self, hit: Hit) -> str:
