@@ -160,7 +160,8 @@ def test_a_reranker_spec_that_is_not_a_string_is_named(spec) -> None:
         load_reranker(spec)
 
 
-@pytest.mark.parametrize("spec, option", [("llm-yesno:smollm2", {"depth": 0}), ("llm-rating:smollm2", {"interpolate": 2}),
+@pytest.mark.parametrize("spec, option", [("llm-yesno:smollm2", {"depth": 0}),
+                                          ("llm-rating:smollm2", {"interpolate": 2}),
                                           ("llm-listwise:smollm2", {"window": 2.0}),
                                           ("llm-ql:smollm2", {"reduce": "median"}),
                                           ("llm-ql:smollm2", {"examples": "/no/such/shots.jsonl"})])

@@ -50,7 +50,8 @@ class _LLMReranker:
 
     @classmethod
     def from_spec(cls, model: str | None, **options: Any) -> "_LLMReranker":
-        """Split ``options`` between this reranker and :func:`~retrieval.rerank.llm.backends.load_backend`, then build both."""
+        """Split ``options`` between this reranker and :func:`~retrieval.rerank.llm.backends.load_backend`, then
+        build both."""
         own = set(inspect.signature(cls.__init__).parameters) - {"self", "backend"}
         mine = {k: v for k, v in options.items() if k in own}
         rest = {k: v for k, v in options.items() if k not in own}
