@@ -62,19 +62,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(data_dir(default=REPO.parent / "shared" / "data")))
     parser.add_argument("--model", default=DEFAULT_LLM)
-    parser.add_argument("--queries", type=int, default=4)
-    parser.add_argument("--passages", type=int, default=10, help="BM25 passages per query")
-    parser.add_argument("--passage-words", type=int, default=60)
-    parser.add_argument("--gen-tokens", type=int, default=128)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--queries", type=at_least(1), default=4)
+    parser.add_argument("--passages", type=at_least(1), default=10, help="BM25 passages per query")
+    parser.add_argument("--passage-words", type=at_least(1), default=60)
+    parser.add_argument("--gen-tokens", type=at_least(2), default=128)
+    parser.add_argument("--threads", type=at_least(1), default=1)
     parser.add_argument("--llama-cpp", action="append", dest="variants", metavar="TYPE[:plain]",
                         help="llama.cpp variant, repeatable: f16, q8_0 or none (as shipped), :plain for plain CPU "
                              "buffers (default: f16)")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=at_least(1), default=3)
     parser.add_argument("--chunk-sizes", type=sizes, default=[], metavar="N,N,...",
                         help="also time llama.cpp's prompt rate for single batches of these token counts")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "llm_runtime.json"))
     return parser.parse_args(argv)
+
+
+def at_least(minimum: int):
+    """An argparse type: an int >= ``minimum`` (generation needs 2 tokens: its rate is a difference with 1)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+    return parse
 
 
 def sizes(text: str) -> list[int]:

@@ -170,6 +170,10 @@ def test_llm_runtime_roofline_counts_the_matmuls_and_excludes_the_tokens_the_cac
     # yes/no: 400 evaluated tokens/s with a quarter spared is 533 prompt tokens/s, 5.33x transformers' 100
     assert roof["ceiling_vs_transformers"] == {"yes_no": 5.33, "ql": 2.0}
     assert runtime.sizes("55,110") == [55, 110]
+    for flag in ("--repeats", "--threads", "--queries", "--passages", "--passage-words", "--gen-tokens"):
+        with pytest.raises(SystemExit):
+            runtime.parse_args([flag, "1" if flag == "--gen-tokens" else "0"])
+    assert runtime.parse_args(["--repeats", "1", "--gen-tokens", "2"]).repeats == 1
     for bad in ("", "0,5", "a", "5,,6"):
         with pytest.raises(argparse.ArgumentTypeError):
             runtime.sizes(bad)
