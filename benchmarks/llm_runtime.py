@@ -111,8 +111,7 @@ def chunk_rates(backend, chunk_sizes: list[int], repeats: int, seed: int = 0) ->
         tokens = np.random.default_rng(seed).integers(100, backend.n_vocab - 100, size=n).tolist()
         fastest = float("inf")
         for _ in range(repeats):
-            backend._cached = []
-            backend.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+            backend.forget_cache()
             fastest = min(fastest, timed(backend.logits, tokens, n - 1)[1])
         out[str(n)] = round(n / fastest, 1)
     return out
@@ -183,9 +182,8 @@ def main(argv: list[str] | None = None) -> dict:
     runs: dict[str, list[dict]] = {name: [] for name in backends}
     for _ in range(args.repeats):
         for name, backend in backends.items():
-            if hasattr(backend, "_cached"):
-                backend._cached = []  # each pass starts cold: reuse only within the pass, as in reranking
-                backend.llm._ctx.kv_cache_seq_rm(-1, 0, -1)
+            if hasattr(backend, "forget_cache"):
+                backend.forget_cache()  # each pass starts cold: reuse only within the pass, as in reranking
             runs[name].append(measure(backend, queries, passages, args, counts))
     result = summarise(args, runs, load_s, counts, queries, passages)
     result["roofline"] = roofline(result, hf.model.config, gemm_gflops(hf.model.config, args.threads))

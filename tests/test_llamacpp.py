@@ -63,14 +63,14 @@ def test_query_likelihood_matches_the_transformers_path(runtimes) -> None:
 def test_kv_cache_reuse_changes_nothing_but_the_work(runtimes) -> None:
     _, cpp = runtimes
     prompts = [yes_no_messages(QUERY, p) for p in PASSAGES]
-    cpp._cached = []                      # cold start
+    cpp.forget_cache()                    # cold start
     before_eval, before_reused = cpp.tokens_evaluated, cpp.tokens_reused
     warm = cpp.choice_logprobs(prompts, YES_NO_CHOICES)
     assert cpp.tokens_reused - before_reused > 0          # the shared system prompt and query came from the cache
     evaluated = cpp.tokens_evaluated - before_eval
     cold = []
     for prompt in prompts:
-        cpp._cached = []
+        cpp.forget_cache()
         cold.append(cpp.choice_logprobs([prompt], YES_NO_CHOICES)[0])
     np.testing.assert_allclose(warm, np.array(cold), atol=2e-3)
     total = sum(len(cpp.tokenize(cpp.render(p))) for p in prompts)
@@ -83,7 +83,7 @@ def test_demonstrations_are_evaluated_once_per_query_and_score_as_on_transformer
     shots = [("The Colosseum in Rome was completed in 80 AD under the emperor Titus.",
               "When was the Colosseum built?")] * 2
     prompts = [query_likelihood_messages(p, examples=shots) for p in PASSAGES]
-    cpp._cached = []
+    cpp.forget_cache()
     before = cpp.tokens_evaluated
     ours = cpp.continuation_logprobs(prompts, [QUERY] * len(prompts))
     evaluated = cpp.tokens_evaluated - before

@@ -209,6 +209,10 @@ class LlamaCppLM:
             self.tokens_evaluated += len(chunk)
         return np.concatenate(rows)
 
+    def forget_cache(self) -> None:
+        """Start the next prompt cold: nothing it shares with earlier prompts is reused (for timing)."""
+        self._cached = []     # the next logits() call then clears llama.cpp's KV cache from position 0
+
     def _fit(self, tokens: list[int], keep_last: int = 1) -> list[int]:
         """Cut tokens from the left to fit the context (the answer cue is at the end), as the HF backend does."""
         if len(tokens) <= self.n_ctx:
