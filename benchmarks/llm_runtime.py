@@ -42,6 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from retrieval.bench.args import at_least  # noqa: E402
 from retrieval.data import load_beir  # noqa: E402
 from retrieval.datasets import data_dir, seeded_order  # noqa: E402
 from retrieval.dense.cpu import cpu_flags  # noqa: E402
@@ -65,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--queries", type=at_least(1), default=4)
     parser.add_argument("--passages", type=at_least(1), default=10, help="BM25 passages per query")
     parser.add_argument("--passage-words", type=at_least(1), default=60)
-    parser.add_argument("--gen-tokens", type=at_least(2), default=128)
+    parser.add_argument("--gen-tokens", type=at_least(2), default=128)   # its rate is a difference with 1 token
     parser.add_argument("--threads", type=at_least(1), default=1)
     parser.add_argument("--llama-cpp", action="append", dest="variants", metavar="TYPE[:plain]",
                         help="llama.cpp variant, repeatable: f16, q8_0 or none (as shipped), :plain for plain CPU "
@@ -75,19 +76,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="also time llama.cpp's prompt rate for single batches of these token counts")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "llm_runtime.json"))
     return parser.parse_args(argv)
-
-
-def at_least(minimum: int):
-    """An argparse type: an int >= ``minimum`` (generation needs 2 tokens: its rate is a difference with 1)."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        return value
-    return parse
 
 
 def sizes(text: str) -> list[int]:

@@ -40,7 +40,7 @@ from retrieval.data import load_beir  # noqa: E402
 from retrieval.datasets import beir_folder, data_dir, seeded_order  # noqa: E402
 from retrieval.eval.metrics import evaluate, write_trec_run  # noqa: E402
 from retrieval.rerank import describe, interpolate_first_stage, load_reranker, parse_option  # noqa: E402
-from retrieval.rerank.base import checked_count, checked_weight  # noqa: E402
+from retrieval.bench.args import at_least, weight  # noqa: E402
 from retrieval.rerank.llm.listwise import ListwiseStats  # noqa: E402
 from retrieval.rerank.llm.pointwise import PointwiseStats  # noqa: E402
 from retrieval.rerank.llm.query_likelihood import QueryLikelihoodStats  # noqa: E402
@@ -60,8 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default="test")
     parser.add_argument("--reranker", required=True, help="a load_reranker spec, e.g. cross-encoder:FOLDER")
     parser.add_argument("--option", action="append", default=[], help="reranker option KEY=VALUE (repeatable)")
-    parser.add_argument("--depth", type=positive, default=100, help="rerank BM25's top-N")
-    parser.add_argument("--max-queries", type=positive, default=None)
+    parser.add_argument("--depth", type=at_least(1), default=100, help="rerank BM25's top-N")
+    parser.add_argument("--max-queries", type=at_least(1), default=None)
     parser.add_argument("--time-budget", type=float, default=None, help="stop reranking after this many seconds")
     parser.add_argument("--seed", type=int, default=0, help="order in which queries are reranked")
     parser.add_argument("--name", default=None, help="output name (default: from the reranker kind and depth)")
@@ -78,22 +78,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="rerank only queries I, I+N, I+2N, ... of the seeded order into a journal of its own, "
                              "for another process to merge with --resume")
     return parser.parse_args(argv)
-
-
-def positive(text: str) -> int:
-    """An int >= 1, refused by argparse before any model loads."""
-    try:
-        return checked_count("value", int(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
-
-
-def weight(text: str) -> float:
-    """An interpolation weight in [0, 1], refused before hours of reranking rather than at the scoring."""
-    try:
-        return checked_weight(float(text))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a weight in [0, 1], got {text!r}") from None
 
 
 def shard_of(text: str) -> tuple[int, int]:

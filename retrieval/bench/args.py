@@ -1,0 +1,28 @@
+"""argparse types the benchmark scripts share: a bad number is refused before any model loads, not after a run."""
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from retrieval.rerank.base import checked_weight
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an int >= ``minimum``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        return value
+    return parse
+
+
+def weight(text: str) -> float:
+    """An argparse type: an interpolation weight in [0, 1]."""
+    try:
+        return checked_weight(float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a weight in [0, 1], got {text!r}") from None
