@@ -27,6 +27,7 @@ _LAZY = {
     "BM25Searcher": "sparse.searcher", "CrossEncoderReranker": "rerank.cross_encoder",
     "load_reranker": "rerank.registry", "YesNoReranker": "rerank.llm.pointwise",
     "RatingReranker": "rerank.llm.pointwise", "ListwiseReranker": "rerank.llm.listwise",
+    "QueryLikelihoodReranker": "rerank.llm.query_likelihood",
     "load_backend": "rerank.llm.backends", "MTEBEncoder": "eval.mteb_adapter", "run_task": "eval.mteb_tasks",
     "run_benchmark": "bench.report", "resolve_model": "models",
     "evaluate_retriever": "eval.pipeline", "CachedEncoder": "dense.cache", "data_dir": "datasets",

@@ -18,6 +18,12 @@ def test_lazy_exports_resolve() -> None:
     assert retrieval.load_encoder.__module__ == "retrieval.dense.encoders"
     assert retrieval.load_reranker.__module__ == "retrieval.rerank.registry"
     assert set(retrieval.__all__) >= {"Retriever", "evaluate", "load_encoder", "DenseSearcher", "HybridSearcher"}
+    # every reranker kind a spec can name is importable from the package top
+    from retrieval.rerank.registry import RERANKERS
+
+    for target in RERANKERS.values():
+        module, name = target.split(":")
+        assert getattr(retrieval, name).__module__ == module, name
     try:
         retrieval.no_such_name
     except AttributeError as exc:

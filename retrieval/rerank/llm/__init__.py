@@ -1,6 +1,8 @@
-"""LLM reranking: backends (local transformers, OpenAI-compatible HTTP), prompts and parsing, and the rerankers."""
+"""LLM reranking: backends (local transformers, llama.cpp, OpenAI-compatible HTTP), prompts and parsing, and the rerankers."""
 from retrieval.rerank.llm.base import _softmax
 from retrieval.rerank.llm.listwise import ListwiseReranker, ListwiseStats
 from retrieval.rerank.llm.pointwise import RatingReranker, YesNoReranker
+from retrieval.rerank.llm.query_likelihood import QueryLikelihoodReranker
 
-__all__ = ["ListwiseReranker", "ListwiseStats", "RatingReranker", "YesNoReranker", "_softmax"]
+__all__ = ["ListwiseReranker", "ListwiseStats", "QueryLikelihoodReranker", "RatingReranker", "YesNoReranker",
+           "_softmax"]
