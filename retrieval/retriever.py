@@ -54,6 +54,21 @@ def check_k(k: object, name: str = "k") -> int:
     return int(k)
 
 
+def checked_reranker(reranker: Reranker | str | None) -> Reranker | None:
+    """A reranker object, one built from a :func:`~retrieval.rerank.load_reranker` spec (``"llm-ql:smollm2"``),
+    or None; anything else is refused here, not at the first query."""
+    if reranker is None:
+        return None
+    if isinstance(reranker, str):
+        from retrieval.rerank.registry import load_reranker
+
+        return load_reranker(reranker)
+    if not callable(getattr(reranker, "rerank", None)):
+        raise TypeError(f"reranker must have a rerank(query, hits) method or be a spec string such as "
+                        f"'cross-encoder:FOLDER' or 'llm-ql:smollm2', got {type(reranker).__name__}: {reranker!r:.60}")
+    return reranker
+
+
 def check_queries(queries: object) -> list[str]:
     """A list of query strings from any iterable (a generator is read once); other types are refused."""
     if isinstance(queries, (str, bytes)):
@@ -70,17 +85,17 @@ def check_queries(queries: object) -> list[str]:
 class Retriever:
     """A document collection with one first stage and an optional reranker."""
 
-    def __init__(self, searcher: Searcher, docs: DocStore, reranker: Reranker | None = None,
+    def __init__(self, searcher: Searcher, docs: DocStore, reranker: Reranker | str | None = None,
                  rerank_depth: int = 100) -> None:
         self.searcher = searcher
         self.docs = docs
-        self.reranker = reranker
+        self.reranker = checked_reranker(reranker)
         self.rerank_depth = check_k(rerank_depth, "rerank_depth")
         self._lock = ReadWriteLock()  # retrieve() calls run together; add()/remove() run alone
 
     @classmethod
     def from_documents(cls, documents: str | Path | Iterable[Any], method: str = "bm25", *,
-                       reranker: Reranker | None = None, rerank_depth: int = 100, show_progress: bool = True,
+                       reranker: Reranker | str | None = None, rerank_depth: int = 100, show_progress: bool = True,
                        config: Any = None, cluster: Any = None, **options: Any) -> "Retriever | ShardedRetriever":
         """Index documents (a BEIR folder, a JSONL/CSV/TSV file, or an iterable of str/dict/Document).
 
@@ -88,6 +103,7 @@ class Retriever:
         ``EncoderConfig``, ``IndexConfig``, ``FusionConfig``, as the method takes). ``options`` are flat
         fields of those configs (``k1=``, ``tokenizer="plain"``, ``model=``, ``backend="onnx"``, ``index=``,
         ``fusion=``...), mapped by :data:`retrieval.options.METHOD_OPTIONS`; an unknown one raises ValueError.
+        ``reranker`` is a reranker object or a ``load_reranker`` spec string; it reorders the top ``rerank_depth``.
 
         ``cluster`` (a Ray address, ``"local"`` or a ``ClusterConfig``) builds on Ray instead and returns a
         :class:`~retrieval.distributed.search.ShardedRetriever` (same search methods; ``shards=``, ``out=``
@@ -104,6 +120,8 @@ class Retriever:
                                  **options)
         searcher_cls = searcher_class(method)
         kwargs = build_kwargs(method, options, config, show_progress=show_progress)
+        reranker = checked_reranker(reranker)     # a bad spec or depth fails before the documents are indexed
+        check_k(rerank_depth, "rerank_depth")
         docs = list(iter_documents(documents))
         searcher = searcher_cls.build(docs, show_progress=show_progress, **kwargs)
         return cls(searcher, DocStore(docs), reranker=reranker, rerank_depth=rerank_depth)
@@ -198,7 +216,7 @@ class Retriever:
         return Path(path)
 
     @classmethod
-    def load(cls, path: str | Path, *, reranker: Reranker | None = None, rerank_depth: int = 100,
+    def load(cls, path: str | Path, *, reranker: Reranker | str | None = None, rerank_depth: int = 100,
              verify: bool = True, **options: Any) -> "Retriever":
         """Open a saved index folder (never unpickles); ``options`` go to the stage's ``load``.
 
@@ -208,6 +226,7 @@ class Retriever:
         line's id; ``verify=False`` keeps only the structural checks. A problem raises
         :class:`IndexFormatError` naming the file.
         """
+        reranker = checked_reranker(reranker)
         root = Path(os.path.abspath(path))
         recover(root)
         manifest = read_manifest(root, "retriever", FORMAT_VERSION)

@@ -126,6 +126,40 @@ def test_reranker_sees_depth_candidates_and_ranks_are_reassigned() -> None:
     assert [(h.id, h.rank) for h in hits] == [(first_stage[-1].id, 1)]
 
 
+def test_reranker_may_be_a_spec_string(tmp_path: Path) -> None:
+    """``reranker="KIND:MODEL"`` is built by load_reranker (an HTTP spec: nothing is contacted until a query)."""
+    from retrieval.rerank.llm.pointwise import YesNoReranker
+
+    spec = "llm-yesno:http://127.0.0.1:9/v1#m"
+    r = Retriever.from_documents(DOCS, show_progress=False, reranker=spec)
+    assert isinstance(r.reranker, YesNoReranker) and r.reranker.backend.base_url == "http://127.0.0.1:9/v1"
+    r.save(tmp_path / "idx")
+    assert isinstance(Retriever.load(tmp_path / "idx", reranker=spec).reranker, YesNoReranker)
+
+
+@pytest.mark.parametrize("bad, error, words", [
+    ("no-such-kind:x", ValueError, "unknown reranker 'no-such-kind'"),
+    (42, TypeError, "reranker must have a rerank"),
+    (object(), TypeError, "spec string"),
+])
+def test_a_bad_reranker_is_refused_before_indexing(tmp_path: Path, monkeypatch, bad, error, words) -> None:
+    import retrieval.retriever as module
+
+    monkeypatch.setattr(module, "iter_documents", lambda docs: pytest.fail("indexed before the reranker was checked"))
+    with pytest.raises(error, match=words):
+        Retriever.from_documents(DOCS, show_progress=False, reranker=bad)
+    with pytest.raises(error, match=words):
+        Retriever.load(tmp_path / "not-read", reranker=bad)
+
+
+def test_a_bad_rerank_depth_is_refused_before_indexing(monkeypatch) -> None:
+    import retrieval.retriever as module
+
+    monkeypatch.setattr(module, "iter_documents", lambda docs: pytest.fail("indexed before rerank_depth was checked"))
+    with pytest.raises(ValueError, match="rerank_depth must be >= 1"):
+        Retriever.from_documents(DOCS, show_progress=False, reranker=ReverseReranker(), rerank_depth=0)
+
+
 def _edit_stage(folder: Path, edit) -> None:
     path = folder / "manifest.json"
     manifest = json.loads(path.read_text())
