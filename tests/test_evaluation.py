@@ -134,6 +134,9 @@ def test_scifact_bm25_equals_raw_pytrec_eval(scifact_dir) -> None:
     ({"q1": {"d\ud800": 1.0}}, "t", "lone surrogate"),
     ({"q1": {"d1": math.nan}}, "t", "score is NaN"),
     ({"q1": {"d1": "high"}}, "t", "score 'high' is not a number"),
+    ({1: {"d1": 1.0}, "1": {"d2": 1.0}}, "t", "query ids 1 and '1' are the same id as text"),   # one would be lost
+    ({"q1": {7: 1.0, "7": 2.0}}, "t", "query 'q1': docids 7 and '7' are the same id as text"),
+    (["q1"], "t", "a run is {qid: {docid: score}}, got list"),
 ])
 def test_trec_writer_refuses_what_it_cannot_write(tmp_path, run, tag, words) -> None:
     """Defect 14: ids with whitespace made lines no TREC tool can parse. Nothing is written, an old file survives."""
@@ -153,6 +156,11 @@ def test_json_writer_refuses_nan_and_writes_atomically(tmp_path) -> None:
     assert not out.exists() and list(tmp_path.iterdir()) == []
     write_run({"q": {"b": 1.0, "a": math.inf}}, out)
     assert list(read_run(out)["q"].items()) == [("b", 1.0), ("a", math.inf)]  # order kept
+    with pytest.raises(DataError, match="query ids 1 and '1' are the same id as text"):
+        write_run({1: {"d": 1.0}, "1": {"e": 2.0}}, out)          # json.dumps would keep only one of them
+    assert list(read_run(out)["q"]) == ["b", "a"]                # the old file survives
+    write_run({1: {2: 0.5}}, out)                                 # non-str ids are written as text
+    assert read_run(out) == {"1": {"2": 0.5}}
 
 
 @pytest.mark.parametrize("content, words", [
@@ -212,6 +220,10 @@ def test_gzip_trec_run_errors_name_the_file(tmp_path) -> None:
     ({"q": ["d"]}, {"q": {"d": 1.0}}, "qrels\\['q'\\]: expected {docid: grade}, got list"),
     ({"q": {"d": 1}}, {"q": {"d": "x"}}, "run\\['q'\\]\\['d'\\]: score 'x' is not a number"),
     ({"q": {"d": 1}}, {"q": {"d": None}}, "score None is not a number"),
+    ({1: {"d": 1}, "1": {"e": 1}}, {"1": {"d": 1.0}}, "qrels: qids 1 and '1' are the same id as text"),
+    ({"q": {"d": 1}}, {"q": {1: 0.5, "1": 0.9}}, "run\\['q'\\]: docids 1 and '1' are the same id as text"),
+    (["q"], {"q": {"d": 1.0}}, "qrels must be {qid: {docid: grade}}, got list"),
+    ({"q": {"d": 1}}, None, "a run must be {qid: {docid: score}}, got NoneType"),
 ])
 def test_evaluate_names_bad_ids_and_values(qrels, run, words) -> None:
     with pytest.raises(ValueError, match=words):

@@ -47,6 +47,25 @@ def test_ids_must_match() -> None:
         randomization_test([1.0], [0.0])
 
 
+@pytest.mark.parametrize("a, b, words", [
+    ({"a": math.nan, "b": 1.0}, {"a": 0.1, "b": 0.2}, "query 'a': scores must be finite numbers, got A nan"),
+    ([0.1, 0.2], [0.3, math.inf], "query 1: scores must be finite"),
+    ([0.1, None], [0.3, 0.2], "query 1: scores must be finite"),
+    ([0.1, "x"], [0.3, 0.2], "scores of A must be numbers"),
+    ({1: 0.5, "x": 0.2}, {2: 0.4, "x": 0.3}, r"1 only in A \(e.g. \[1\]\), 1 only in B"),   # mixed id types
+])
+def test_bad_scores_are_named(a, b, words) -> None:
+    """A NaN used to give a NaN or misleading p-value; mixed id types raised TypeError inside sorted()."""
+    for test in (paired_t_test, randomization_test):
+        with pytest.raises(ValueError, match=words):
+            test(a, b)
+
+
+def test_mixed_id_types_pair_by_id() -> None:
+    res = paired_t_test({1: 3.0, "b": 5.0, "c": 7.0}, {"c": 1.0, 1: 1.0, "b": 1.0})
+    assert res.mean_diff == pytest.approx(4.0) and res.n == 3
+
+
 def test_compare_runs() -> None:
     qrels = {f"q{i}": {"good": 1} for i in range(8)}
     better = {q: {"good": 2.0, "bad": 1.0} for q in qrels}

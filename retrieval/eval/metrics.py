@@ -57,13 +57,29 @@ def _clean_grade(grade: Any, where: str) -> int:
 
 def _clean_qrels(qrels: Qrels) -> Qrels:
     """pytrec_eval needs int grades; reject anything else early with the query and document named."""
-    out: Qrels = {}
+    if not isinstance(qrels, Mapping):
+        raise ValueError(f"qrels must be {{qid: {{docid: grade}}}}, got {type(qrels).__name__}")
+    rows = []
     for qid, docs in qrels.items():
         if not isinstance(docs, Mapping):
             raise ValueError(f"qrels[{qid!r}]: expected {{docid: grade}}, got {type(docs).__name__}")
-        row = {check_id(str(did), f"qrels[{qid!r}]", "docid"): _clean_grade(grade, f"qrels[{qid!r}][{did!r}]")
-               for did, grade in docs.items()}
-        out[check_id(str(qid), "qrels", "qid")] = row
+        row = _text_keys(((did, _clean_grade(grade, f"qrels[{qid!r}][{did!r}]")) for did, grade in docs.items()),
+                         f"qrels[{qid!r}]", "docid")
+        rows.append((qid, row))
+    return _text_keys(rows, "qrels", "qid")
+
+
+def _text_keys(items: Iterable[tuple[Any, Any]], where: str, field: str) -> dict[str, Any]:
+    """``{str(key): value}``, each key a usable id; two keys with the same text (``1`` and ``"1"``) are an error,
+    since one of them would silently be lost."""
+    out: dict[str, Any] = {}
+    keys: dict[str, Any] = {}
+    for key, value in items:
+        text = check_id(str(key), where, field)
+        if text in out:
+            raise DataError(f"{where}: {field}s {keys[text]!r} and {key!r} are the same id as text ({text!r}); "
+                             "one would be lost")
+        out[text], keys[text] = value, key
     return out
 
 
@@ -79,14 +95,16 @@ def _clean_score(score: Any, where: str) -> float:
 
 def _clean_run(run: Run) -> Run:
     """pytrec_eval needs float scores; NaN would silently corrupt the ranking, so it is an error."""
-    out: Run = {}
+    if not isinstance(run, Mapping):
+        raise ValueError(f"a run must be {{qid: {{docid: score}}}}, got {type(run).__name__}")
+    rows = []
     for qid, docs in run.items():
         if not isinstance(docs, Mapping):
             raise ValueError(f"run[{qid!r}]: expected {{docid: score}}, got {type(docs).__name__}")
-        row = {check_id(str(did), f"run[{qid!r}]", "docid"): _clean_score(score, f"run[{qid!r}][{did!r}]")
-               for did, score in docs.items()}
-        out[check_id(str(qid), "run", "qid")] = row
-    return out
+        row = _text_keys(((did, _clean_score(score, f"run[{qid!r}][{did!r}]")) for did, score in docs.items()),
+                         f"run[{qid!r}]", "docid")
+        rows.append((qid, row))
+    return _text_keys(rows, "run", "qid")
 
 
 def drop_self_hits(run: Run) -> Run:
@@ -169,13 +187,16 @@ def write_trec_run(run: Run, path: str | Path, tag: str = "retrievekit") -> None
     """
     path = Path(path)
     tag = _trec_token(tag, "tag", str(path))
+    clean = _text_run(run, path)
+    for qid, docs in clean.items():
+        _trec_token(qid, "query id", str(path))
+        for did in docs:
+            _trec_token(did, "document id", f"{path}: query {qid!r}")
     with atomic_file(path) as fh:
-        for qid, docs in run.items():
-            where = f"{path}: query {qid!r}"
-            q = _trec_token(qid, "query id", str(path))
-            ranked = sorted(_scores(docs, where), key=lambda x: x[1], reverse=True)
+        for qid, docs in clean.items():
+            ranked = sorted(docs.items(), key=lambda x: x[1], reverse=True)
             for rank, (did, score) in enumerate(ranked, start=1):
-                fh.write(f"{q} Q0 {_trec_token(did, 'document id', where)} {rank} {score!r} {tag}\n")
+                fh.write(f"{qid} Q0 {did} {rank} {score!r} {tag}\n")
 
 
 def _trec_score(text: str, path: Path, n: int) -> float:
@@ -218,11 +239,18 @@ def read_trec_run(path: str | Path) -> Run:
 
 def write_json_run(run: Run, path: str | Path) -> None:
     """Write a run as one JSON object ``{qid: {docid: score}}`` (atomically; NaN scores are refused)."""
-    path = Path(path)
-    clean = {str(qid): {str(did): score for did, score in _scores(docs, f"{path}: query {qid!r}")}
-             for qid, docs in run.items()}
-    with atomic_file(path) as fh:
+    clean = _text_run(run, Path(path))
+    with atomic_file(Path(path)) as fh:
         fh.write(json.dumps(clean))
+
+
+def _text_run(run: Run, path: Path) -> dict[str, dict[str, float]]:
+    """The run to write, ids as text (two ids that write alike are an error) and every score a number."""
+    if not isinstance(run, Mapping):
+        raise DataError(f"{path}: a run is {{qid: {{docid: score}}}}, got {type(run).__name__}")
+    rows = ((qid, _text_keys(_scores(docs, f"{path}: query {qid!r}"), f"{path}: query {qid!r}", "docid"))
+            for qid, docs in run.items())
+    return _text_keys(rows, str(path), "query id")
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

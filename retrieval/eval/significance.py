@@ -51,18 +51,32 @@ def paired_arrays(a: Scores, b: Scores) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(a, Mapping) and isinstance(b, Mapping):
         only_a, only_b = set(a) - set(b), set(b) - set(a)
         if only_a or only_b:
-            raise ValueError(f"query ids differ: {len(only_a)} only in A (e.g. {sorted(only_a)[:3]}), "
-                             f"{len(only_b)} only in B (e.g. {sorted(only_b)[:3]})")
-        ids = sorted(a)
-        x = np.array([a[q] for q in ids], dtype=np.float64)
-        y = np.array([b[q] for q in ids], dtype=np.float64)
+            raise ValueError(f"query ids differ: {len(only_a)} only in A (e.g. {sorted(only_a, key=str)[:3]}), "
+                             f"{len(only_b)} only in B (e.g. {sorted(only_b, key=str)[:3]})")
+        ids = sorted(a, key=str)
+        x, y = _scores([a[q] for q in ids], "A"), _scores([b[q] for q in ids], "B")
+        names = ids
     else:
-        x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+        x, y = _scores(a, "A"), _scores(b, "B")
         if x.shape != y.shape or x.ndim != 1:
             raise ValueError(f"score vectors must be 1-d and of equal length, got {x.shape} and {y.shape}")
+        names = list(range(len(x)))
+    bad = np.flatnonzero(~(np.isfinite(x) & np.isfinite(y)))
+    if len(bad):
+        i = int(bad[0])
+        raise ValueError(f"query {names[i]!r}: scores must be finite numbers, got A {float(x[i])}, B {float(y[i])} "
+                         f"({len(bad)} such queries); a NaN would make the test's p-value meaningless")
     if len(x) < 2:
         raise ValueError(f"a paired test needs at least 2 queries, got {len(x)}")
     return x, y
+
+
+def _scores(values: Any, side: str) -> np.ndarray:
+    """Per-query scores as float64, or a ValueError naming the side whose values are not numbers."""
+    try:
+        return np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"scores of {side} must be numbers ({exc})") from None
 
 
 def paired_t_test(a: Scores, b: Scores) -> PairedTestResult:
