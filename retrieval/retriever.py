@@ -69,6 +69,25 @@ def checked_reranker(reranker: Reranker | str | None) -> Reranker | None:
     return reranker
 
 
+def _checked_rerank(reranker: Reranker, given: list[Hit], out: Any) -> list[Hit]:
+    """A reranker's output as a list, refused when it could corrupt the ranking: items that are not hits, a hit
+    twice, or a document that was not among the candidates (a custom reranker may drop candidates)."""
+    name = type(reranker).__name__
+    if not isinstance(out, Sequence) or isinstance(out, (str, bytes)):
+        raise TypeError(f"reranker {name} returned {type(out).__name__}, not a list of hits")
+    known = {h.id for h in given}
+    seen: set[str] = set()
+    for i, hit in enumerate(out):
+        if not isinstance(hit, Hit):
+            raise TypeError(f"reranker {name} returned {type(hit).__name__} at position {i}, not a Hit")
+        if hit.id not in known:
+            raise ValueError(f"reranker {name} returned document {hit.id!r}, which was not among its candidates")
+        if hit.id in seen:
+            raise ValueError(f"reranker {name} returned document {hit.id!r} twice; a reranker reorders its input")
+        seen.add(hit.id)
+    return list(out)
+
+
 def check_queries(queries: object) -> list[str]:
     """A list of query strings from any iterable (a generator is read once); other types are refused."""
     if isinstance(queries, (str, bytes)):
@@ -136,7 +155,8 @@ class Retriever:
     def _finish(self, query: str, hits: HitList, k: int) -> Sequence[Hit]:
         if self.reranker is None or not len(hits):
             return hits if len(hits) <= k else HitList(hits._rows[:k], hits._scores[:k], hits._view)
-        reranked = self.reranker.rerank(query, hits.to_list())[:k]
+        given = hits.to_list()
+        reranked = _checked_rerank(self.reranker, given, self.reranker.rerank(query, given))[:k]
         for rank, hit in enumerate(reranked, start=1):
             hit.rank = rank
         return reranked

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from retrieval import Document, IndexFormatError, Retriever
+from retrieval import Document, Hit, IndexFormatError, Retriever
 from retrieval.data import DataError, load_beir
 from retrieval.sample import sample_dir
 
@@ -124,6 +124,32 @@ def test_reranker_sees_depth_candidates_and_ranks_are_reassigned() -> None:
     assert len(first_stage) == 3
     hits = r.retrieve("domesticated felines", k=1)
     assert [(h.id, h.rank) for h in hits] == [(first_stage[-1].id, 1)]
+
+
+class _Bad:
+    def __init__(self, make) -> None:
+        self.make = make
+
+    def rerank(self, query: str, hits):
+        return self.make(hits)
+
+
+@pytest.mark.parametrize("make, error, words", [
+    (lambda hits: hits + hits[:1], ValueError, r"_Bad returned document '\w' twice"),
+    (lambda hits: [Hit("zzz", 1.0)] + hits, ValueError, "document 'zzz', which was not among its candidates"),
+    (lambda hits: [h.id for h in hits], TypeError, "returned str at position 0, not a Hit"),
+    (lambda hits: None, TypeError, "returned NoneType, not a list of hits"),
+])
+def test_a_reranker_that_would_corrupt_the_ranking_is_named(make, error, words) -> None:
+    r = Retriever.from_documents(DOCS, show_progress=False, reranker=_Bad(make))
+    with pytest.raises(error, match=words):
+        r.retrieve("felines", k=2)
+
+
+def test_a_reranker_may_drop_candidates() -> None:
+    r = Retriever.from_documents(DOCS, show_progress=False, reranker=_Bad(lambda hits: hits[1:]))
+    hits = r.retrieve("domesticated felines", k=3)
+    assert [h.rank for h in hits] == list(range(1, len(hits) + 1)) and len(hits) >= 1
 
 
 def test_reranker_may_be_a_spec_string(tmp_path: Path) -> None:
