@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.forking import private_tqdm_locks
 from retrieval import Retriever
 
 pytestmark = pytest.mark.skipif(not hasattr(os, "fork") or sys.platform == "win32", reason="needs fork and SIGKILL")
@@ -62,6 +63,7 @@ def run_child(work: Callable[[], None], kill_at: int | None = None, delay: float
     if pid == 0:  # child: never returns into pytest
         code = 1
         try:
+            private_tqdm_locks()   # a kill inside a progress bar must not leave the parent's tqdm lock held
             log: list[str] = []
             count_steps(log, kill_at)
             work()
@@ -74,6 +76,40 @@ def run_child(work: Callable[[], None], kill_at: int | None = None, delay: float
         time.sleep(delay)
         os.kill(pid, signal.SIGKILL)
     return os.waitpid(pid, 0)[1]
+
+
+TQDM_CHILD = """
+import os, signal, sys
+from tqdm import tqdm
+sys.path.insert(0, {tests!r})
+from helpers.forking import private_tqdm_locks
+list(tqdm(range(3), file=open(os.devnull, "w")))    # the parent has made its lock before forking
+pid = os.fork()
+if pid == 0:
+    if {private!r}:
+        private_tqdm_locks()
+    tqdm.get_lock().acquire()                         # killed while a progress bar holds the lock
+    os.kill(os.getpid(), signal.SIGKILL)
+os.waitpid(pid, 0)
+list(tqdm(range(3), file=open(os.devnull, "w")))
+print("parent not blocked")
+"""
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_a_child_killed_inside_a_progress_bar_leaves_the_parent_free(private: bool) -> None:
+    """Why run_child gives each child tqdm locks of its own: without them the parent's next bar hangs for ever."""
+    import subprocess
+
+    code = TQDM_CHILD.format(tests=str(Path(__file__).resolve().parent.parent), private=private)
+    try:
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              timeout=60 if private else 10)
+    except subprocess.TimeoutExpired:
+        assert not private, "the parent hung although the child had private tqdm locks"
+        return
+    assert private, "the shared-lock hang no longer happens: private_tqdm_locks may no longer be needed"
+    assert done.returncode == 0 and "parent not blocked" in done.stdout, done.stderr[-2000:]
 
 
 def report(mode: str, steps: list[str], at_steps: list[int], n_delays: int, outcomes: dict[str, int]) -> None:
