@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -171,6 +172,23 @@ def test_an_llm_rerankers_own_options_fail_before_its_model_loads(spec, option, 
 
     monkeypatch.setattr(llm_base, "load_backend", lambda *a, **k: pytest.fail("the model loaded first"))
     with pytest.raises((ValueError, DataError)):
+        load_reranker(spec, **option)
+
+
+@pytest.mark.parametrize("spec, option, backend", [
+    ("llm-ql:smollm2", {"window": 3}, "local (transformers)"),                 # a listwise option on llm-ql
+    ("llm-yesno:smollm2", {"backend": "llama-cpp", "batch_size": 4}, "local (llama-cpp)"),
+    ("llm-listwise:http://127.0.0.1:9/v1#m", {"n_threads": 1}, "HTTP"),
+])
+def test_an_option_no_part_takes_is_named_with_both_lists(spec, option, backend, monkeypatch) -> None:
+    """The error names the reranker and the backend, and lists what each takes, before any model loads."""
+    import retrieval.rerank.llm.base as llm_base
+
+    monkeypatch.setattr(llm_base, "load_backend", lambda *a, **k: pytest.fail("the model loaded first"))
+    bad = next(k for k in option if k != "backend")
+    with pytest.raises(ValueError, match=rf"unknown option\(s\) \['{bad}'\] for \w+Reranker on the "
+                                         rf"{re.escape(backend)} LLM backend; the reranker takes \[.*'depth'.*\], "
+                                         r"the backend \[.*'show_progress'"):
         load_reranker(spec, **option)
 
 

@@ -421,6 +421,19 @@ def _local_options(backend: str) -> set[str]:
                                                                               {"model", "tokenizer"})
 
 
+def backend_options(model: str, backend: str = "transformers") -> tuple[str, set[str]]:
+    """Which backend ``model`` and ``backend`` choose (``"HTTP"`` or ``"local (NAME)"``) and the options it takes."""
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError(f"model must be a non-empty string, got {model!r}")
+    if backend not in LOCAL_BACKENDS:
+        raise ValueError(f"backend must be one of {LOCAL_BACKENDS}, got {backend!r}")
+    if model.startswith(("http://", "https://")):
+        if backend != "transformers":
+            raise ValueError(f"backend={backend!r} runs a local model; {model!r} is a server URL")
+        return "HTTP", _option_names(OpenAIBackend.__init__, {"base_url", "model"})
+    return f"local ({backend})", _local_options(backend)
+
+
 def load_backend(model: str = DEFAULT_LLM, backend: str = "transformers", **options: Any) -> LLMBackend:
     """An HTTP backend for ``http(s)://...[#model]``, else a local model run by ``backend``: ``"transformers"``
     (:class:`HFCausalLM`; GGUF weights dequantised) or ``"llama-cpp"`` (the GGUF run natively, see
@@ -428,19 +441,11 @@ def load_backend(model: str = DEFAULT_LLM, backend: str = "transformers", **opti
 
     An option the chosen backend does not take is a ValueError naming it and listing those it takes.
     """
-    if not isinstance(model, str) or not model.strip():
-        raise ValueError(f"model must be a non-empty string, got {model!r}")
-    if backend not in LOCAL_BACKENDS:
-        raise ValueError(f"backend must be one of {LOCAL_BACKENDS}, got {backend!r}")
-    is_http = model.startswith(("http://", "https://"))
-    if is_http and backend != "transformers":
-        raise ValueError(f"backend={backend!r} runs a local model; {model!r} is a server URL")
-    known = _option_names(OpenAIBackend.__init__, {"base_url", "model"}) if is_http else _local_options(backend)
+    kind, known = backend_options(model, backend)
     unknown = sorted(set(options) - known)
     if unknown:
-        kind = "HTTP" if is_http else f"local ({backend})"
         raise ValueError(f"unknown option(s) {unknown} for the {kind} LLM backend; it takes {sorted(known)}")
-    if is_http:
+    if kind == "HTTP":
         return OpenAIBackend.from_spec(model, **options)
     if backend == "llama-cpp":
         from retrieval.rerank.llm.llamacpp_backend import LlamaCppLM

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.models import DEFAULT_LLM
-from retrieval.rerank.llm.backends import LLMBackend, load_backend
+from retrieval.rerank.llm.backends import LLMBackend, backend_options, load_backend
 from retrieval.rerank.llm.prompts import truncate_words
 from retrieval.rerank.base import (apply_scores, checked_count, checked_flag, checked_weight,
                                    interpolate_first_stage, passage_text)
@@ -55,6 +55,11 @@ class _LLMReranker:
         own = set(inspect.signature(cls.__init__).parameters) - {"self", "backend"}
         mine = {k: v for k, v in options.items() if k in own}
         rest = {k: v for k, v in options.items() if k not in own}
+        kind, known = backend_options(model or DEFAULT_LLM, rest.get("backend", "transformers"))
+        unknown = sorted(set(rest) - known - {"backend"})
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown} for {cls.__name__} on the {kind} LLM backend; the "
+                             f"reranker takes {sorted(own)}, the backend {sorted(known)}")
         if "show_progress" in mine:
             rest["show_progress"] = mine["show_progress"]
         cls(_NotLoaded(), **mine)    # this reranker's own options fail now, before a model load of seconds
