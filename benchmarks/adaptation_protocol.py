@@ -33,6 +33,7 @@ from retrieval.datasets import data_dir  # noqa: E402
 from retrieval.eval.metrics import read_trec_run  # noqa: E402
 from retrieval.eval.significance import compare_runs  # noqa: E402
 from retrieval.rerank.registry import parse_option  # noqa: E402
+from retrieval.bench.args import at_least  # noqa: E402
 from training.chain import chain_configs, run_chain  # noqa: E402
 
 logger = logging.getLogger("adaptation_protocol")
@@ -118,8 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="KEY=VALUE for every unsupervised step (a config field, e.g. max_steps=40)")
     ap.add_argument("--supervised-option", type=parse_option, action="append", default=[],
                     help="KEY=VALUE for every supervised step (a config field)")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--epochs", type=at_least(1), default=3)
+    ap.add_argument("--threads", type=at_least(1), default=2)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--name", default="adaptation_protocol")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out", help="folder for <name>.json")

@@ -64,9 +64,11 @@ def systems(retriever, bm25s_model, stemmer, queries: list[str], qmap: dict[str,
 
 
 def main() -> None:
+    from retrieval.bench.args import at_least
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("RETRIEVEKIT_DATA", REPO.parent / "shared" / "data")))
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("RETRIEVEKIT_DATA",
+                    REPO.parent / "shared" / "data")))
+    ap.add_argument("--repeats", type=at_least(1), default=7)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "api_overhead.json")
     args = ap.parse_args()
 

@@ -28,6 +28,7 @@ from retrieval.datasets import data_dir  # noqa: E402
 from retrieval.dense.cpu import cpu_flags  # noqa: E402
 from retrieval.sparse.searcher import BM25Searcher  # noqa: E402
 from retrieval.types import Document  # noqa: E402
+from retrieval.bench.args import at_least  # noqa: E402
 
 FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8"}
 
@@ -35,9 +36,9 @@ FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8"}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(data_dir(default=REPO.parent / "shared" / "data")))
-    ap.add_argument("--copies", type=int, default=10)
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--copies", type=at_least(1), default=10)
+    ap.add_argument("--workers", type=at_least(1), default=os.cpu_count() or 1)
+    ap.add_argument("--repeats", type=at_least(1), default=3)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "bm25_indexing.json"))
     return ap.parse_args(argv)
 

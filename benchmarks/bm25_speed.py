@@ -119,10 +119,12 @@ def run_one(system: str, data_dir: Path, k: int, repeats: int) -> dict:
 
 
 def main() -> None:
+    from retrieval.bench.args import at_least
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", type=Path, default=Path(os.environ.get("RETRIEVEKIT_DATA", REPO.parent / "shared" / "data")))
-    ap.add_argument("--k", type=int, default=100)
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--data", type=Path, default=Path(os.environ.get("RETRIEVEKIT_DATA",
+                    REPO.parent / "shared" / "data")))
+    ap.add_argument("--k", type=at_least(1), default=100)
+    ap.add_argument("--repeats", type=at_least(1), default=5)
     ap.add_argument("--system", choices=SYSTEMS, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "out" / "bm25_speed.json")
     args = ap.parse_args()

@@ -41,6 +41,7 @@ from retrieval.sparse.scoring import BM25Config, BM25Index, term_weights  # noqa
 from retrieval.sparse.searcher import BM25Searcher  # noqa: E402
 from retrieval.sparse.tokenize import Tokenizer, TokenizerConfig  # noqa: E402
 from retrieval.types import Document  # noqa: E402
+from retrieval.bench.args import at_least  # noqa: E402
 
 FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8"}
 
@@ -76,10 +77,10 @@ def timed(fn):
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--docs", type=int, default=1_000_000)
-    ap.add_argument("--vocab", type=int, default=500_000)
-    ap.add_argument("--batch", type=int, default=100)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--docs", type=at_least(1), default=1_000_000)
+    ap.add_argument("--vocab", type=at_least(1), default=500_000)
+    ap.add_argument("--batch", type=at_least(1), default=100)
+    ap.add_argument("--repeats", type=at_least(1), default=3)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "bm25_updates.json"))
     args = ap.parse_args(argv)
 

@@ -37,6 +37,7 @@ from retrieval.eval.metrics import evaluate  # noqa: E402
 from retrieval.hybrid.searcher import HybridSearcher  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
 from retrieval.types import Document  # noqa: E402
+from retrieval.bench.args import at_least  # noqa: E402
 
 logger = logging.getLogger("dense_quality")
 FUSION_DEPTH = 1000   # each first stage's depth before fusion (HybridSearcher's default)
@@ -91,8 +92,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(data_dir(default=REPO.parent / "shared" / "data")))
     ap.add_argument("--model", default="minilm")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--latency-queries", type=int, default=100)
+    ap.add_argument("--batch-size", type=at_least(1), default=32)
+    ap.add_argument("--latency-queries", type=at_least(1), default=100)
     ap.add_argument("--fast-paths", default="int8,onnx,int8-onnx,bf16",
                     help="comma-separated fast paths to measure ('' for none): int8, onnx, int8-onnx, bf16, "
                          "openvino, int8-openvino (static int8, calibrated on 300 corpus passages)")

@@ -38,6 +38,7 @@ from retrieval.dense.encoders import load_encoder  # noqa: E402
 from retrieval.errors import MissingDependency  # noqa: E402
 from retrieval.models import resolve_model  # noqa: E402
 from retrieval.dense.quantize import default_engine  # noqa: E402
+from retrieval.bench.args import at_least  # noqa: E402
 
 logger = logging.getLogger("dense_speed")
 
@@ -78,9 +79,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(data_dir(default=REPO.parent / "shared" / "data")))
     ap.add_argument("--model", default="minilm")
-    ap.add_argument("--docs", type=int, default=320)
-    ap.add_argument("--chunk", type=int, default=64)
-    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--docs", type=at_least(1), default=320)
+    ap.add_argument("--chunk", type=at_least(1), default=64)
+    ap.add_argument("--batch-size", type=at_least(1), default=32)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out"))
     ap.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime peers (int8 and fp32)")
     ap.add_argument("--no-bf16", action="store_true", help="skip the bf16 autocast peer")

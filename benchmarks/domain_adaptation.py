@@ -34,6 +34,7 @@ import torch  # noqa: E402
 
 from retrieval.models import DEFAULT_EMBEDDER, resolve_model  # noqa: E402
 from retrieval.datasets import data_dir  # noqa: E402
+from retrieval.bench.args import at_least  # noqa: E402
 from training import corpus_sentences, load_base, make_config, run  # noqa: E402
 from training.noise import NoiseConfig, noisy_batch  # noqa: E402
 
@@ -236,16 +237,17 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(data_dir(default=REPO.parent / "shared" / "data")))
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
+    p.add_argument("--threads", type=at_least(1), default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     p.add_argument("--runs", nargs="*", default=["tsdae", "ct", "simcse", "random-tsdae", "speed"])
-    p.add_argument("--speed-steps", type=int, default=5)
-    p.add_argument("--speed-repeats", type=int, default=3, help="alternating repeats per side (best is kept)")
+    p.add_argument("--speed-steps", type=at_least(1), default=5)
+    p.add_argument("--speed-repeats", type=at_least(1), default=3, help="alternating repeats per side (best is kept)")
     p.add_argument("--speed-bf16", action="store_true", help="speed: both sides under bfloat16 autocast, and our "
                    "float32 loop beside them")
     p.add_argument("--speed-objectives", nargs="*", default=["tsdae", "simcse", "ct"])
-    p.add_argument("--random-steps", type=int, default=100)
-    p.add_argument("--random-eval-length", type=int, default=64)
-    p.add_argument("--eval-length", type=int, default=128, help="max_seq_length for evaluation (MiniLM's own is 256)")
+    p.add_argument("--random-steps", type=at_least(1), default=100)
+    p.add_argument("--random-eval-length", type=at_least(1), default=64)
+    p.add_argument("--eval-length", type=at_least(1), default=128,
+                   help="max_seq_length for evaluation (MiniLM's own is 256)")
     p.add_argument("--work", type=Path, default=REPO / "benchmarks" / "out" / "domain_adaptation")
     p.add_argument("--name", default="domain_adaptation", help="writes benchmarks/out/<name>.json")
     args = p.parse_args()

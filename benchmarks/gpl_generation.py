@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from retrieval.datasets import beir_folder, data_dir  # noqa: E402
 from retrieval.dense.cpu import cpu_flags  # noqa: E402
+from retrieval.bench.args import at_least  # noqa: E402
 from training.gpl.filter import filter_queries  # noqa: E402
 from training.sentences import read_corpus  # noqa: E402
 from training.gpl.generate import LLMQueryGenerator, generate_all, load_generator, passages_of  # noqa: E402
@@ -40,12 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", default=str(data_dir(default=REPO.parent / "shared" / "data")))
     parser.add_argument("--dataset", default="beir/scifact")
     parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--docs", type=int, default=24, help="documents, from the 1,000th of the corpus on")
-    parser.add_argument("--queries-per-doc", type=int, default=3)
-    parser.add_argument("--max-words", type=int, default=200)
-    parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--docs", type=at_least(1), default=24, help="documents, from the 1,000th of the corpus on")
+    parser.add_argument("--queries-per-doc", type=at_least(1), default=3)
+    parser.add_argument("--max-words", type=at_least(1), default=200)
+    parser.add_argument("--max-tokens", type=at_least(1), default=48)
+    parser.add_argument("--batch-size", type=at_least(1), default=16)
+    parser.add_argument("--threads", type=at_least(1), default=1)
     parser.add_argument("--skip-fp32-batched", action="store_true")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "gpl_generation.json"))
     return parser.parse_args(argv)

@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO))
 from retrieval.data import load_beir  # noqa: E402
 from retrieval.datasets import beir_folder, data_dir, seeded_order  # noqa: E402
 from retrieval.persistence import atomic_write_text  # noqa: E402
+from retrieval.bench.args import at_least  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -32,8 +33,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dataset", default="beir/scifact")
     parser.add_argument("--split", default="train", help="where the demonstrations come from")
     parser.add_argument("--held-out", default="test", help="split whose relevant documents are never shown")
-    parser.add_argument("--shots", type=int, default=2)
-    parser.add_argument("--skip", type=int, default=100,
+    parser.add_argument("--shots", type=at_least(1), default=2)
+    parser.add_argument("--skip", type=at_least(0), default=100,
                         help="leave out the first N queries of rerank.py's seeded order of --split")
     parser.add_argument("--seed", type=int, default=0, help="rerank.py's --seed (the order that --skip follows)")
     parser.add_argument("--out", required=True)

@@ -40,7 +40,7 @@ from retrieval.data import load_beir  # noqa: E402
 from retrieval.datasets import beir_folder, data_dir, seeded_order  # noqa: E402
 from retrieval.eval.metrics import evaluate, write_trec_run  # noqa: E402
 from retrieval.rerank import describe, interpolate_first_stage, load_reranker, parse_option  # noqa: E402
-from retrieval.bench.args import at_least, weight  # noqa: E402
+from retrieval.bench.args import at_least, positive_seconds, weight  # noqa: E402
 from retrieval.rerank.llm.listwise import ListwiseStats  # noqa: E402
 from retrieval.rerank.llm.pointwise import PointwiseStats  # noqa: E402
 from retrieval.rerank.llm.query_likelihood import QueryLikelihoodStats  # noqa: E402
@@ -62,11 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--option", action="append", default=[], help="reranker option KEY=VALUE (repeatable)")
     parser.add_argument("--depth", type=at_least(1), default=100, help="rerank BM25's top-N")
     parser.add_argument("--max-queries", type=at_least(1), default=None)
-    parser.add_argument("--time-budget", type=float, default=None, help="stop reranking after this many seconds")
+    parser.add_argument("--time-budget", type=positive_seconds, default=None,
+                        help="stop reranking after this many seconds")
     parser.add_argument("--seed", type=int, default=0, help="order in which queries are reranked")
     parser.add_argument("--name", default=None, help="output name (default: from the reranker kind and depth)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out"), help="output folder")
-    parser.add_argument("--sub-depth", type=int, action="append", default=[],
+    parser.add_argument("--sub-depth", type=at_least(1), action="append", default=[],
                         help="also report BM25's top-N (N < --depth) from the same pass, for rerankers whose score of "
                              "a passage does not depend on the others (cross-encoder, pointwise, query likelihood)")
     parser.add_argument("--interpolate", type=weight, action="append", default=[],

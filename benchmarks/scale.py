@@ -41,6 +41,7 @@ from retrieval.distributed.cluster import ClusterConfig  # noqa: E402
 from retrieval.distributed.encode import EncodeBatch  # noqa: E402
 from retrieval.distributed.merge import merge_batches  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
+from retrieval.bench.args import at_least  # noqa: E402
 
 logger = logging.getLogger("scale")
 
@@ -211,8 +212,9 @@ def machine() -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(data_dir(default=REPO.parent / "shared" / "data")))
-    ap.add_argument("--docs", type=int, default=768, help="documents for the encoding comparison")
-    ap.add_argument("--batch", type=int, default=64, help="documents per Ray Data batch in the encoding comparison")
+    ap.add_argument("--docs", type=at_least(1), default=768, help="documents for the encoding comparison")
+    ap.add_argument("--batch", type=at_least(1), default=64,
+                    help="documents per Ray Data batch in the encoding comparison")
     ap.add_argument("--parts", default="encode,search,correctness")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out"))
     args = ap.parse_args()

@@ -254,11 +254,12 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
+    from retrieval.bench.args import at_least
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--systems", default=",".join(BM25_SYSTEMS + FAISS_SYSTEMS))
-    ap.add_argument("--queries", type=int, default=200)
-    ap.add_argument("--dim", type=int, default=384)
+    ap.add_argument("--queries", type=at_least(1), default=200)
+    ap.add_argument("--dim", type=at_least(1), default=384)
     ap.add_argument("--no-save", action="store_true", help="skip bytes per document (saving the index)")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "scale_curves.json"))
     ap.add_argument("--plot-from", nargs="+", type=Path, default=None,

@@ -230,3 +230,33 @@ def test_ql_demonstrations_on_scifact_are_disjoint_from_test_answers(tmp_path, s
     train = load_beir(scifact_dir, "train")
     assert len(rows) == 4 and not test_docs & {r["doc_id"] for r in rows}
     assert all(train.qrels[r["query_id"]][r["doc_id"]] > 0 and r["passage"] for r in rows)
+
+
+def test_every_benchmark_count_argument_is_checked_by_argparse():
+    """A count of 0 or a NaN budget used to crash after minutes of work (or never stop): every numeric option but
+    --seed goes through retrieval/bench/args.py, so argparse refuses it before anything loads."""
+    import re
+
+    from helpers.bench_scripts import REPO
+
+    unchecked = [f"{path.name}: {m.group(0)}" for path in sorted((REPO / "benchmarks").glob("*.py"))
+                 for m in re.finditer(r'add_argument\("(--[\w-]+)",\s*type=(int|float)\b', path.read_text())
+                 if m.group(1) != "--seed"]
+    assert unchecked == []
+
+
+@pytest.mark.parametrize("script, args, words", [
+    ("bm25_speed", ["--repeats", "0"], "argument --repeats: expected an integer >= 1, got '0'"),
+    ("ql_demonstrations", ["--skip", "-1"], "argument --skip: expected an integer >= 0, got '-1'"),
+    ("rerank", ["--reranker", "llm-yesno", "--time-budget", "nan"], "expected a number of seconds > 0, got 'nan'"),
+    ("rerank", ["--reranker", "llm-yesno", "--sub-depth", "0"], "argument --sub-depth: expected an integer >= 1"),
+])
+def test_benchmark_scripts_refuse_bad_numbers_before_any_work(script, args, words):
+    import subprocess
+    import sys
+
+    from helpers.bench_scripts import REPO
+
+    done = subprocess.run([sys.executable, str(REPO / "benchmarks" / f"{script}.py"), *args], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 2 and words in done.stderr, done.stderr[-1000:]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 
 from retrieval.rerank.base import checked_weight
@@ -26,3 +27,14 @@ def weight(text: str) -> float:
         return checked_weight(float(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a weight in [0, 1], got {text!r}") from None
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0 (a NaN budget would never run out)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
