@@ -33,7 +33,7 @@ from retrieval.datasets import data_dir  # noqa: E402
 from retrieval.eval.metrics import read_trec_run  # noqa: E402
 from retrieval.eval.significance import compare_runs  # noqa: E402
 from retrieval.rerank.registry import parse_option  # noqa: E402
-from retrieval.bench.args import at_least  # noqa: E402
+from retrieval.argtypes import at_least  # noqa: E402
 from training.chain import chain_configs, run_chain  # noqa: E402
 
 logger = logging.getLogger("adaptation_protocol")

@@ -64,7 +64,7 @@ def systems(retriever, bm25s_model, stemmer, queries: list[str], qmap: dict[str,
 
 
 def main() -> None:
-    from retrieval.bench.args import at_least
+    from retrieval.argtypes import at_least
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("RETRIEVEKIT_DATA",
                     REPO.parent / "shared" / "data")))

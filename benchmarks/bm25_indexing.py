@@ -28,7 +28,7 @@ from retrieval.datasets import data_dir  # noqa: E402
 from retrieval.dense.cpu import cpu_flags  # noqa: E402
 from retrieval.sparse.searcher import BM25Searcher  # noqa: E402
 from retrieval.types import Document  # noqa: E402
-from retrieval.bench.args import at_least  # noqa: E402
+from retrieval.argtypes import at_least  # noqa: E402
 
 FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8"}
 

@@ -119,7 +119,7 @@ def run_one(system: str, data_dir: Path, k: int, repeats: int) -> dict:
 
 
 def main() -> None:
-    from retrieval.bench.args import at_least
+    from retrieval.argtypes import at_least
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path(os.environ.get("RETRIEVEKIT_DATA",
                     REPO.parent / "shared" / "data")))

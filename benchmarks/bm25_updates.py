@@ -41,7 +41,7 @@ from retrieval.sparse.scoring import BM25Config, BM25Index, term_weights  # noqa
 from retrieval.sparse.searcher import BM25Searcher  # noqa: E402
 from retrieval.sparse.tokenize import Tokenizer, TokenizerConfig  # noqa: E402
 from retrieval.types import Document  # noqa: E402
-from retrieval.bench.args import at_least  # noqa: E402
+from retrieval.argtypes import at_least  # noqa: E402
 
 FLAGS = {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8"}
 

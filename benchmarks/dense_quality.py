@@ -37,7 +37,7 @@ from retrieval.eval.metrics import evaluate  # noqa: E402
 from retrieval.hybrid.searcher import HybridSearcher  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
 from retrieval.types import Document  # noqa: E402
-from retrieval.bench.args import at_least  # noqa: E402
+from retrieval.argtypes import at_least  # noqa: E402
 
 logger = logging.getLogger("dense_quality")
 FUSION_DEPTH = 1000   # each first stage's depth before fusion (HybridSearcher's default)

@@ -38,7 +38,7 @@ from retrieval.dense.encoders import load_encoder  # noqa: E402
 from retrieval.errors import MissingDependency  # noqa: E402
 from retrieval.models import resolve_model  # noqa: E402
 from retrieval.dense.quantize import default_engine  # noqa: E402
-from retrieval.bench.args import at_least  # noqa: E402
+from retrieval.argtypes import at_least  # noqa: E402
 
 logger = logging.getLogger("dense_speed")
 

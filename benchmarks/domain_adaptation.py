@@ -34,7 +34,7 @@ import torch  # noqa: E402
 
 from retrieval.models import DEFAULT_EMBEDDER, resolve_model  # noqa: E402
 from retrieval.datasets import data_dir  # noqa: E402
-from retrieval.bench.args import at_least  # noqa: E402
+from retrieval.argtypes import at_least  # noqa: E402
 from training import corpus_sentences, load_base, make_config, run  # noqa: E402
 from training.noise import NoiseConfig, noisy_batch  # noqa: E402
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from retrieval.datasets import beir_folder, data_dir  # noqa: E402
 from retrieval.dense.cpu import cpu_flags  # noqa: E402
-from retrieval.bench.args import at_least  # noqa: E402
+from retrieval.argtypes import at_least  # noqa: E402
 from training.gpl.filter import filter_queries  # noqa: E402
 from training.sentences import read_corpus  # noqa: E402
 from training.gpl.generate import LLMQueryGenerator, generate_all, load_generator, passages_of  # noqa: E402

@@ -42,7 +42,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from retrieval.bench.args import at_least  # noqa: E402
+from retrieval.argtypes import at_least  # noqa: E402
 from retrieval.data import load_beir  # noqa: E402
 from retrieval.datasets import data_dir, seeded_order  # noqa: E402
 from retrieval.dense.cpu import cpu_flags  # noqa: E402

@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 from retrieval.data import load_beir  # noqa: E402
 from retrieval.datasets import beir_folder, data_dir, seeded_order  # noqa: E402
 from retrieval.persistence import atomic_write_text  # noqa: E402
-from retrieval.bench.args import at_least  # noqa: E402
+from retrieval.argtypes import at_least  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

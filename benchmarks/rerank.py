@@ -40,7 +40,7 @@ from retrieval.data import load_beir  # noqa: E402
 from retrieval.datasets import beir_folder, data_dir, seeded_order  # noqa: E402
 from retrieval.eval.metrics import evaluate, write_trec_run  # noqa: E402
 from retrieval.rerank import describe, interpolate_first_stage, load_reranker, parse_option  # noqa: E402
-from retrieval.bench.args import at_least, positive_seconds, weight  # noqa: E402
+from retrieval.argtypes import at_least, positive_seconds, weight  # noqa: E402
 from retrieval.rerank.llm.listwise import ListwiseStats  # noqa: E402
 from retrieval.rerank.llm.pointwise import PointwiseStats  # noqa: E402
 from retrieval.rerank.llm.query_likelihood import QueryLikelihoodStats  # noqa: E402

@@ -41,7 +41,7 @@ from retrieval.distributed.cluster import ClusterConfig  # noqa: E402
 from retrieval.distributed.encode import EncodeBatch  # noqa: E402
 from retrieval.distributed.merge import merge_batches  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
-from retrieval.bench.args import at_least  # noqa: E402
+from retrieval.argtypes import at_least  # noqa: E402
 
 logger = logging.getLogger("scale")
 

@@ -254,7 +254,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> dict | None:
-    from retrieval.bench.args import at_least
+    from retrieval.argtypes import at_least
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--systems", default=",".join(BM25_SYSTEMS + FAISS_SYSTEMS))

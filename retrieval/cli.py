@@ -24,6 +24,7 @@ import zlib
 from collections.abc import Callable
 from pathlib import Path
 
+from retrieval.argtypes import at_least, non_negative
 from retrieval.bench.report import add_benchmark_command
 from retrieval.data import load_beir
 from retrieval.distributed.errors import ShardError
@@ -121,7 +122,8 @@ def _add_rerank_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rerank", metavar="SPEC", help="cross-encoder:FOLDER | llm-yesno[:MODEL] | llm-rating[:MODEL] | "
                    "llm-listwise[:MODEL] | llm-ql[:MODEL]; MODEL: smollm2 (bundled), gemma3-270m, a folder, "
                    "a .gguf file, or http://HOST:PORT/v1#NAME")
-    p.add_argument("--rerank-depth", type=int, default=100, help="first-stage candidates passed to the reranker")
+    p.add_argument("--rerank-depth", type=at_least(1), default=100,
+                   help="first-stage candidates passed to the reranker")
     p.add_argument("--rerank-option", action="append", default=[], metavar="KEY=VALUE",
                    help="reranker option, repeatable (window=20, timeout=30, batch_size=16)")
 
@@ -318,7 +320,7 @@ def _add_eval_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beir-dir", help=argparse.SUPPRESS)                        # deprecated: DATA_DIR
     p.add_argument("--index-dir", dest="index_dir_flag", help=argparse.SUPPRESS)  # deprecated: INDEX_DIR
     p.add_argument("--split", default="test")
-    p.add_argument("-k", type=int, default=100, help="results per query (and the k of Recall@k)")
+    p.add_argument("-k", type=at_least(1), default=100, help="results per query (and the k of Recall@k)")
     p.add_argument("--ignore-identical-ids", action="store_true",
                    help="drop a query's own id from its results (default: on for ArguAna and Quora, as BEIR does)")
     p.add_argument("--run-out", help="write the run (TREC format, or JSON if the name ends in .json)")
@@ -344,16 +346,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
                    help="build on Ray as a sharded index ('local' when no address; needs retrievekit[ray])")
-    p.add_argument("--shards", type=int, help="with --ray: shards to cut the collection into (default 2)")
-    p.add_argument("--encode-actors", type=int, help="with --ray: encoding actors (default 1)")
-    p.add_argument("--encode-gpus", type=float, help="with --ray: GPUs per encoding actor (default 0)")
+    p.add_argument("--shards", type=at_least(1), help="with --ray: shards to cut the collection into (default 2)")
+    p.add_argument("--encode-actors", type=at_least(1), help="with --ray: encoding actors (default 1)")
+    p.add_argument("--encode-gpus", type=non_negative, help="with --ray: GPUs per encoding actor (default 0)")
     add_build_flags(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="search a saved index")
     p.add_argument("index_dir", metavar="INDEX_DIR")
     p.add_argument("query")
-    p.add_argument("-k", type=int, default=10, help="results to show")
+    p.add_argument("-k", type=at_least(1), default=10, help="results to show")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--ray", metavar="ADDRESS", help="a sharded index: serve its shards on this Ray cluster")
     _add_rerank_flags(p)

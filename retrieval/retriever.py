@@ -246,7 +246,8 @@ class Retriever:
         line's id; ``verify=False`` keeps only the structural checks. A problem raises
         :class:`IndexFormatError` naming the file.
         """
-        reranker = checked_reranker(reranker)
+        reranker = checked_reranker(reranker)      # the caller's mistakes are named before the index is read
+        check_k(rerank_depth, "rerank_depth")
         root = Path(os.path.abspath(path))
         recover(root)
         manifest = read_manifest(root, "retriever", FORMAT_VERSION)

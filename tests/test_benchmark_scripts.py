@@ -233,14 +233,17 @@ def test_ql_demonstrations_on_scifact_are_disjoint_from_test_answers(tmp_path, s
 
 
 def test_every_benchmark_count_argument_is_checked_by_argparse():
-    """A count of 0 or a NaN budget used to crash after minutes of work (or never stop): every numeric option but
-    --seed goes through retrieval/bench/args.py, so argparse refuses it before anything loads."""
+    """A count of 0 or a NaN budget used to crash after minutes of work (or never stop), and the CLI called
+    --rerank-depth 0 a damaged index: every numeric option but --seed goes through retrieval/argtypes.py, so argparse
+    refuses it before anything loads."""
     import re
 
     from helpers.bench_scripts import REPO
 
-    unchecked = [f"{path.name}: {m.group(0)}" for path in sorted((REPO / "benchmarks").glob("*.py"))
-                 for m in re.finditer(r'add_argument\("(--[\w-]+)",\s*type=(int|float)\b', path.read_text())
+    paths = sorted((REPO / "benchmarks").glob("*.py")) + [REPO / "retrieval" / "cli.py",
+                                                           REPO / "retrieval" / "bench" / "report.py"]
+    unchecked = [f"{path.name}: {m.group(0)}" for path in paths
+                 for m in re.finditer(r'add_argument\("(-[\w-]+)",\s*type=(int|float)\b', path.read_text())
                  if m.group(1) != "--seed"]
     assert unchecked == []
 

@@ -56,6 +56,22 @@ def test_bad_input_exits_2_with_a_message(tmp_path: Path, capsys: pytest.Capture
     assert "no such index folder" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("argv, words", [
+    (["search", "IDX", "q", "--rerank-depth", "0"], "argument --rerank-depth: expected an integer >= 1, got '0'"),
+    (["search", "IDX", "q", "-k", "-3"], "argument -k: expected an integer >= 1, got '-3'"),
+    (["eval", "IDX", "-k", "x"], "argument -k: expected an integer >= 1, got 'x'"),
+    (["index", "IDX", "--out", "O", "--ray", "local", "--encode-gpus", "nan"], "expected a number >= 0, got 'nan'"),
+])
+def test_bad_numbers_are_usage_errors_not_a_damaged_index(argv, words, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """--rerank-depth 0 used to be reported as 'damaged index (ValueError: rerank_depth must be >= 1)'."""
+    assert main(["index", str(sample_dir()), "--out", str(tmp_path / "idx"), "--quiet"]) == 0
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "idx") if a == "IDX" else a for a in argv])
+    assert exit_.value.code == 2 and words in capsys.readouterr().err
+
+
 def test_console_script_entry_point(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "retrieval.cli", "demo", "--methods", "bm25"],
                          capture_output=True, text=True, check=True).stdout

@@ -184,6 +184,8 @@ def test_a_bad_rerank_depth_is_refused_before_indexing(monkeypatch) -> None:
     monkeypatch.setattr(module, "iter_documents", lambda docs: pytest.fail("indexed before rerank_depth was checked"))
     with pytest.raises(ValueError, match="rerank_depth must be >= 1"):
         Retriever.from_documents(DOCS, show_progress=False, reranker=ReverseReranker(), rerank_depth=0)
+    with pytest.raises(ValueError, match="rerank_depth must be >= 1"):     # not an error about the missing folder
+        Retriever.load("/no/such/index", reranker=ReverseReranker(), rerank_depth=0)
 
 
 def _edit_stage(folder: Path, edit) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from retrieval.argtypes import at_least
 from retrieval.data import DataError, load_beir
 from retrieval.datasets import DATA_ENV, data_dir
 from retrieval.dense.cache import CachedEncoder
@@ -384,8 +385,8 @@ def add_benchmark_command(subparsers: Any) -> None:
     p.add_argument("--rerank", action="append", metavar="SPEC",
                    help="add BM25 + this reranker (top 100), e.g. cross-encoder:DIR or llm-yesno:smollm2")
     p.add_argument("--systems", metavar="JSON", help="JSON list of systems (name, method, options, reranker)")
-    p.add_argument("--max-queries", type=int, help="evaluate only the first N queries (smoke tests)")
-    p.add_argument("--mteb-limit", type=int, help="use only the first N records of each MTEB split")
+    p.add_argument("--max-queries", type=at_least(1), help="evaluate only the first N queries (smoke tests)")
+    p.add_argument("--mteb-limit", type=at_least(1), help="use only the first N records of each MTEB split")
     p.add_argument("--no-cache", action="store_true", help="re-encode corpora even if cached in OUT/cache")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")

@@ -1,4 +1,5 @@
-"""argparse types the benchmark scripts share: a bad number is refused before any model loads, not after a run."""
+"""argparse types the CLI and the benchmark scripts share: a bad number is refused before any index or model loads,
+not after a run (or, from the CLI, as if the index were damaged)."""
 from __future__ import annotations
 
 import argparse
@@ -37,4 +38,15 @@ def positive_seconds(text: str) -> float:
         value = math.nan
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def non_negative(text: str) -> float:
+    """An argparse type: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
     return value
