@@ -209,12 +209,18 @@ class Retriever:
                 self.docs.remove(self.docs.rows([d.id for d in docs]))
                 raise
 
-    def remove(self, ids: Sequence[str]) -> None:
-        """Remove documents by id."""
-        if isinstance(ids, str):
-            raise TypeError("remove takes a list of document ids, not one string")
+    def remove(self, ids: Iterable[str | int]) -> None:
+        """Remove documents by id. Integer ids are matched as text, as indexing stores them (``{"_id": 7}`` is
+        ``"7"``); an id given twice is removed once; an unknown id is a KeyError and nothing is removed."""
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+            raise TypeError(f"remove takes a list of document ids, got {type(ids).__name__}")
+        wanted: dict[str, None] = {}
+        for i, doc_id in enumerate(ids):
+            if isinstance(doc_id, bool) or not isinstance(doc_id, (str, int, np.integer)):
+                raise TypeError(f"remove: id {i} is a {type(doc_id).__name__}, not a str or int: {doc_id!r:.60}")
+            wanted[str(doc_id)] = None
         with self._lock.write():
-            rows = self.docs.rows(list(ids))
+            rows = self.docs.rows(list(wanted))
             self.searcher.remove(rows)
             self.docs.remove(rows)
 

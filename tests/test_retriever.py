@@ -108,6 +108,32 @@ def test_add_and_remove_documents(tmp_path: Path) -> None:
     assert loaded.docs[0].id == "d" and loaded.docs[1].id == "e"
 
 
+@pytest.mark.parametrize("method", ["bm25", "dense"])
+def test_remove_matches_integer_ids_as_indexed_and_removes_a_repeat_once(method: str) -> None:
+    """``{"_id": 7}`` is indexed as "7": remove([7]) must find it (it raised KeyError), and [7, "7"] is one id."""
+    import numpy as np
+    from helpers.fake_encoders import HashEncoder
+
+    docs = [{"_id": 7, "text": "cats purr"}, {"_id": "8", "text": "dogs bark"}, {"_id": 9, "text": "cows moo"}]
+    r = Retriever.from_documents(docs, method=method, show_progress=False,
+                                 **({"encoder": HashEncoder()} if method == "dense" else {}))
+    r.remove([7, "7"])
+    r.remove(iter([np.int64(9)]))
+    assert len(r) == 1 and [h.id for h in r.retrieve("cats dogs cows", k=3)] == ["8"]
+    with pytest.raises(KeyError, match="unknown document ids"):
+        r.remove(["8", "7"])
+    assert len(r) == 1                                     # nothing removed when one id is unknown
+
+
+@pytest.mark.parametrize("ids, words", [("8", "not one string|got str"), (b"8", "got bytes"), (8, "got int"),
+                                        ([8.0], "id 0 is a float"), ([True], "id 0 is a bool")])
+def test_remove_names_what_is_not_a_list_of_ids(ids, words) -> None:
+    r = Retriever.from_documents(DOCS, show_progress=False)
+    with pytest.raises(TypeError, match=words):
+        r.remove(ids)
+    assert len(r) == 4
+
+
 def test_unknown_method() -> None:
     with pytest.raises(ValueError, match="unknown method 'magic'"):
         Retriever.from_documents(DOCS, method="magic")
