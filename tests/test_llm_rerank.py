@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from retrieval.rerank.llm.backends import HFCausalLM, choice_token_ids
-from retrieval.rerank.llm import ListwiseReranker, RatingReranker, YesNoReranker
+from retrieval.rerank.llm import ListwiseReranker, QueryLikelihoodReranker, RatingReranker, YesNoReranker
 from retrieval.rerank.llm.prompts import Messages, render_plain
 from retrieval.rerank import load_reranker
 from retrieval.types import Hit
@@ -260,3 +260,31 @@ def test_named_indices_reads_valid_first_mentions_only() -> None:
     assert named_indices("2, 1", 3) == [1, 0]                  # bare numbers when nothing is bracketed
     assert named_indices("nothing", 3) == []
     assert parse_permutation("[3] > [1]", 4) == [2, 0, 1, 3]
+
+
+class _QLBackend(OracleBackend):
+    def continuation_logprobs(self, prompts: Sequence[Messages], continuations: Sequence[str]) -> list[np.ndarray]:
+        return [np.array([math.log(RELEVANCE[self._words(p)[0]])]) for p in prompts]
+
+
+@pytest.mark.parametrize("make", [lambda: YesNoReranker(OracleBackend()), lambda: RatingReranker(OracleBackend()),
+                                  lambda: ListwiseReranker(OracleBackend(), window=5, step=5),
+                                  lambda: QueryLikelihoodReranker(_QLBackend())])
+@pytest.mark.parametrize("query, hits, words", [
+    (None, _hits(), "rerank takes a query string, got NoneType"),          # YesNo used to prompt with "None"
+    ("q", [h.id for h in _hits()], "rerank: hit 0 is a str, not a Hit"),   # was AttributeError: no .text
+    ("q", None, "rerank takes a list of Hit, got NoneType"),
+    ("q", {"alpha": 1.0}, "rerank takes a list of Hit, got dict"),
+])
+def test_rerank_names_a_wrong_query_or_hits(make, query, hits, words) -> None:
+    with pytest.raises(TypeError, match=words):
+        make().rerank(query, hits)
+
+
+@pytest.mark.parametrize("make", [lambda: YesNoReranker(OracleBackend()),
+                                  lambda: ListwiseReranker(OracleBackend(), window=5, step=5),
+                                  lambda: QueryLikelihoodReranker(_QLBackend())])
+def test_rerank_reads_hits_from_any_iterable(make) -> None:
+    """A generator of hits is read once, as a list would be (len() on it used to fail)."""
+    out = make().rerank("q", (h for h in _hits()))
+    assert out[0].id == "alpha" and sorted(h.id for h in out) == sorted(RELEVANCE)

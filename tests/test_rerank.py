@@ -206,6 +206,11 @@ def test_cross_encoder_interpolation_option(tiny_ce: Path) -> None:
     assert [h.extra["first_stage_score"] for h in sorted(out, key=lambda h: h.id)] == [3.0, 2.0, 1.0]
     with pytest.raises(ValueError, match="interpolate weight"):
         load_reranker(f"cross-encoder:{tiny_ce}", interpolate=-0.1)
+    with pytest.raises(TypeError, match="rerank takes a query string, got NoneType"):
+        pure.rerank(None, hits)
+    with pytest.raises(TypeError, match="rerank: hit 1 is a str, not a Hit"):
+        pure.rerank("cancer", [hits[0], "b"])
+    assert sorted(h.id for h in pure.rerank("cancer", iter(hits))) == ["a", "b", "c"]
 
 
 def test_cross_encoder_in_a_retriever(tiny_ce: Path) -> None:

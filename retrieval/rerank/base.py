@@ -5,7 +5,7 @@ set to its own score and the first stage's score kept in ``hit.extra["first_stag
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -17,6 +17,20 @@ def passage_text(hit: Hit) -> str:
     if hit.title and hit.text:
         return f"{hit.title} {hit.text}"
     return hit.title or hit.text
+
+
+def checked_input(query: object, hits: object) -> list[Hit]:
+    """What every ``rerank(query, hits)`` takes: a query string and hits (any iterable, read once). A wrong type is
+    a TypeError naming it here, not an AttributeError from inside a prompt or a model (or "None" in a prompt)."""
+    if not isinstance(query, str):
+        raise TypeError(f"rerank takes a query string, got {type(query).__name__}: {query!r:.60}")
+    if isinstance(hits, (str, bytes, Mapping)) or not isinstance(hits, Iterable):
+        raise TypeError(f"rerank takes a list of Hit, got {type(hits).__name__}")
+    out = list(hits)
+    for i, hit in enumerate(out):
+        if not isinstance(hit, Hit):
+            raise TypeError(f"rerank: hit {i} is a {type(hit).__name__}, not a Hit: {hit!r:.60}")
+    return out
 
 
 def apply_scores(hits: Sequence[Hit], scores: Sequence[float]) -> list[Hit]:

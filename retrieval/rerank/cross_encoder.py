@@ -8,7 +8,7 @@ import numpy as np
 
 from retrieval.errors import MissingDependency
 from retrieval.models import resolve_model
-from retrieval.rerank.base import (apply_scores, checked_count, checked_flag, checked_weight,
+from retrieval.rerank.base import (apply_scores, checked_count, checked_flag, checked_input, checked_weight,
                                    interpolate_first_stage, passage_text)
 from retrieval.types import Hit
 
@@ -61,6 +61,7 @@ class CrossEncoderReranker:
 
     def rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
         """The hits reordered by cross-encoder score (only the top ``depth`` are scored when set)."""
+        hits = checked_input(query, hits)
         head = hits if self.depth is None else hits[: self.depth]
         scores = self.score(query, head)
         if self.interpolate is not None:

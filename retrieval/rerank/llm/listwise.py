@@ -14,7 +14,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from retrieval.rerank.base import checked_count
+from retrieval.rerank.base import checked_count, checked_input
 from retrieval.rerank.llm.backends import LLMBackend
 from retrieval.rerank.llm.base import _LLMReranker
 from retrieval.rerank.llm.prompts import (complete_permutation, listwise_messages,
@@ -101,6 +101,7 @@ class ListwiseReranker(_LLMReranker):
         self.stats.windows_reordered += permutation != list(range(shown))
 
     def rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
+        hits = checked_input(query, hits)
         head = self._head(hits)
         order = self.order(query, head)
         reordered = [head[i] for i in order] + hits[len(head):]

@@ -13,12 +13,13 @@ from typing import Any
 
 import numpy as np
 
+from retrieval.rerank.base import checked_input
 from retrieval.rerank.llm.backends import LLMBackend
+from retrieval.rerank.llm.base import _LLMReranker, _softmax
 from retrieval.rerank.llm.prompts import (RATING_CHOICES, YES_NO_CHOICES, Messages, rating_messages, yes_no_messages)
 from retrieval.types import Hit
 
 logger = logging.getLogger(__name__)
-from retrieval.rerank.llm.base import _LLMReranker, _softmax
 
 
 class _PointwiseReranker(_LLMReranker):
@@ -49,6 +50,7 @@ class _PointwiseReranker(_LLMReranker):
         return self.from_probabilities(_softmax(logprobs))
 
     def rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
+        hits = checked_input(query, hits)
         return self._apply(hits, self.score(query, self._head(hits)))
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from retrieval.data import check_text, iter_jsonl
 from retrieval.errors import DataError
 from retrieval.rerank.llm.backends import LLMBackend
+from retrieval.rerank.base import checked_input
 from retrieval.rerank.llm.base import _LLMReranker
 from retrieval.rerank.llm.prompts import QL_INSTRUCTION, query_likelihood_messages, truncate_words
 from retrieval.types import Hit
@@ -158,4 +159,5 @@ class QueryLikelihoodReranker(_LLMReranker):
         return np.array([float(reduce(r)) if len(r) else 0.0 for r in rows])
 
     def rerank(self, query: str, hits: list[Hit]) -> list[Hit]:
+        hits = checked_input(query, hits)
         return self._apply(hits, self.score(query, self._head(hits)))
