@@ -1,4 +1,4 @@
-"""LLM reranking: backends (local transformers, llama.cpp, OpenAI-compatible HTTP), prompts and parsing, and the rerankers."""
+"""LLM reranking: backends (transformers, llama.cpp, OpenAI-compatible HTTP), prompts and parsing, the rerankers."""
 from retrieval.rerank.llm.base import _softmax
 from retrieval.rerank.llm.listwise import ListwiseReranker, ListwiseStats
 from retrieval.rerank.llm.pointwise import RatingReranker, YesNoReranker
