@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,6 +99,8 @@ def resolve_model(name: str | Path) -> ModelRef:
 
     Hub names are only *resolved* here; loading them needs internet (or a populated HF cache).
     """
+    if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
+        raise ValueError(f"a model is an alias ({', '.join(_BY_NAME)}), a local folder or a hub name; got {name!r}")
     name = str(name)
     spec = model_spec(name)
     if spec is not None and spec.package:

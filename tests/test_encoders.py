@@ -343,3 +343,30 @@ def test_document_encoding_streams_in_blocks(tiny_model_dir, monkeypatch):
     assert sizes == [4, 4, 3]
     assert streamed.dtype == np.float32 and streamed.shape == whole.shape
     np.testing.assert_allclose(streamed, whole, atol=1e-5)
+
+
+@pytest.mark.parametrize("call, arg, words", [
+    ("encode_queries", None, "encode_queries takes a list of strings, got NoneType"),
+    ("encode_queries", [None], "encode_queries: query 0 is a NoneType, not a str"),
+    ("encode_documents", [{"_id": "x", "text": "t"}], "document 0 is a dict, not a Document or str"),  # was its repr
+    ("encode_documents", 5, "takes a list of Documents or strings, got int"),
+])
+def test_encoders_name_what_is_not_text(call, arg, words, tmp_path: Path) -> None:
+    encoder = load_encoder(str(make_tiny_model(tmp_path)), show_progress=False)
+    with pytest.raises(TypeError, match=words):
+        getattr(encoder, call)(arg)
+
+
+@pytest.mark.parametrize("model", [5, None, "", "  "])
+def test_a_model_that_is_not_a_name_is_refused(model) -> None:
+    from retrieval.dense.encoders import EncoderConfig
+
+    with pytest.raises(ValueError, match="EncoderConfig.model must name a model"):
+        EncoderConfig(model=model)
+
+
+def test_an_unreachable_hub_name_says_what_was_tried() -> None:
+    """Offline, a name that is no alias and no folder fails with one line that says so (not only the hub's text)."""
+    with pytest.raises(OSError, match=r"model 'nobody/no-such-model' is not a bundled alias \(minilm\) or a local "
+                                      r"folder, and loading it from the Hugging Face hub failed"):
+        load_encoder("nobody/no-such-model")

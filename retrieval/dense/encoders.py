@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,7 +20,8 @@ from tqdm.auto import tqdm
 from retrieval.configs import Config, check_type, field_names
 from retrieval.dense.cpu import has_fast_bf16
 from retrieval.errors import MissingDependency
-from retrieval.models import DEFAULT_EMBEDDER, folder_fingerprint, model_reference, model_spec, resolve_model
+from retrieval.models import (DEFAULT_EMBEDDER, bundled, folder_fingerprint, model_reference, model_spec,
+                              resolve_model)
 from retrieval.types import Document
 
 logger = logging.getLogger(__name__)
@@ -54,10 +56,11 @@ class EncoderConfig(Config):
                 "sha256: id); default: a sample of the first documents encoded"})
 
     def __post_init__(self) -> None:
-        if not isinstance(self.model, str):   # a pathlib.Path is welcome; it is stored as a string
+        if isinstance(self.model, os.PathLike):   # a pathlib.Path is welcome; it is stored as a string
             object.__setattr__(self, "model", str(self.model))
-        if not self.model:
-            raise ValueError("EncoderConfig.model must name a model")
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise ValueError(f"EncoderConfig.model must name a model (an alias, a folder or a hub name), "
+                             f"got {self.model!r}")
         for name in ("int8", "bf16", "show_progress"):
             check_type("EncoderConfig", name, getattr(self, name), (bool,))
         for name in ("query_prefix", "doc_prefix", "device", "calibration"):
@@ -244,34 +247,49 @@ class BiEncoder:
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
         """Embed queries (with the query prefix): float32 array of shape (n, dim)."""
-        if isinstance(queries, str):
-            raise TypeError("encode_queries takes a list of strings")
-        return self._encode(list(queries), self.query_prefix, show_progress=False)
+        if isinstance(queries, (str, bytes)) or not isinstance(queries, Iterable):
+            raise TypeError(f"encode_queries takes a list of strings, got {type(queries).__name__}")
+        texts = list(queries)
+        for i, query in enumerate(texts):
+            if not isinstance(query, str):
+                raise TypeError(f"encode_queries: query {i} is a {type(query).__name__}, not a str: {query!r:.60}")
+        return self._encode(texts, self.query_prefix, show_progress=False)
 
     def encode_documents(self, docs: Sequence[Document | str], show_progress: bool | None = None) -> np.ndarray:
         """Embed documents (title + " " + text, as BEIR does, with the document prefix): (n, dim) float32.
 
         Streams: texts are made and encoded ``STREAM_BLOCK`` documents at a time into one preallocated array,
         so memory beyond the vectors themselves does not grow with the collection."""
-        if isinstance(docs, str):
-            raise TypeError("encode_documents takes a list of Documents or strings")
+        if isinstance(docs, (str, bytes)) or not isinstance(docs, Iterable):
+            raise TypeError(f"encode_documents takes a list of Documents or strings, got {type(docs).__name__}")
         progress = self.config.show_progress if show_progress is None else show_progress
         if not hasattr(docs, "__getitem__"):
             docs = list(docs)
         n = len(docs)
         if n <= STREAM_BLOCK:
-            texts = [d.full_text if isinstance(d, Document) else str(d) for d in docs]
+            texts = [_document_text(d, i) for i, d in enumerate(docs)]
             return self._encode(texts, self.doc_prefix, show_progress=progress and n > self.config.batch_size,
                                 documents=True)
         out = np.empty((n, self.dim), dtype=np.float32)
         with tqdm(total=n, desc="Encoding", unit="doc", disable=not progress) as bar:
             for start in range(0, n, STREAM_BLOCK):
                 block = docs[start:start + STREAM_BLOCK]
-                texts = [d.full_text if isinstance(d, Document) else str(d) for d in block]
+                texts = [_document_text(d, start + i) for i, d in enumerate(block)]
                 out[start:start + len(texts)] = self._encode(texts, self.doc_prefix, show_progress=False,
                                                              documents=True)
                 bar.update(len(texts))
         return out
+
+
+def _document_text(doc: Any, i: int) -> str:
+    """What a document is encoded as: a Document's title + text, or a string as it is (a dict would be encoded as
+    its repr, so anything else is refused)."""
+    if isinstance(doc, Document):
+        return doc.full_text
+    if isinstance(doc, str):
+        return doc
+    raise TypeError(f"encode_documents: document {i} is a {type(doc).__name__}, not a Document or str: {doc!r:.60} "
+                    "(load dicts with retrieval.iter_documents)")
 
 
 STREAM_BLOCK = 8192   # documents per encoding block: long enough for length-sorted batches, small next to vectors
@@ -294,7 +312,14 @@ def load_encoder(model: str | EncoderConfig = DEFAULT_EMBEDDER, *, cache_dir: st
     st = _sentence_transformers()
     logger.info("loading bi-encoder %s from %s", config.model, ref.path)
     device = "cpu" if config.cpu_only else config.device
-    st_model = st.SentenceTransformer(ref.path, device=device, local_files_only=ref.is_local)
+    try:
+        st_model = st.SentenceTransformer(ref.path, device=device, local_files_only=ref.is_local)
+    except OSError as exc:
+        if ref.is_local:
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OSError(f"model {config.model!r} is not a bundled alias ({', '.join(bundled('bi-encoder'))}) or a "
+                      f"local folder, and loading it from the Hugging Face hub failed: {first}") from exc
     reference, source = model_reference(config.model)
     fingerprint = folder_fingerprint(ref.path) if ref.is_local else None
     return BiEncoder(st_model, config, cache_dir=cache_dir, reference=reference, source=source,
