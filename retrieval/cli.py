@@ -232,6 +232,8 @@ def _eval_paths(args: argparse.Namespace) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     _eval_paths(args)
+    if args.run_out and Path(args.run_out).is_dir():   # found now, not after the whole evaluation
+        raise UsageError(f"--run-out {args.run_out}: is a folder; give a file path (.trec or .json)")
     data = load_beir(args.data_dir, args.split)
     start = time.perf_counter()
     if args.index_dir:

@@ -11,6 +11,7 @@ touched. Reading the files back safely is :mod:`retrieval.safe_files`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -300,6 +301,8 @@ def atomic_file(path: str | Path, mode: str = "w", prefix: str | None = None) ->
     renamed over ``path`` (then the folder is fsynced), so readers see the old file or the whole new one.
     ``prefix`` names the temp file ``PREFIX<8 hex>`` (save journals use it so cleanup knows them as ours)."""
     path = Path(path)
+    if path.is_dir():   # checked first: the rename would fail only after the whole file was written
+        raise IsADirectoryError(errno.EISDIR, "is a folder; a file path is needed here", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     name = f"{prefix}{uuid.uuid4().hex[:8]}" if prefix else f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     tmp = path.with_name(name)

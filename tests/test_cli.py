@@ -72,6 +72,16 @@ def test_bad_numbers_are_usage_errors_not_a_damaged_index(argv, words, tmp_path:
     assert exit_.value.code == 2 and words in capsys.readouterr().err
 
 
+def test_run_out_that_is_a_folder_is_refused_before_evaluating(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import retrieval.cli as cli
+
+    monkeypatch.setattr(cli, "load_beir", lambda *a, **k: pytest.fail("evaluated before --run-out was checked"))
+    assert main(["eval", str(sample_dir()), "--run-out", str(tmp_path)]) == 2
+    line = _error_line(capsys)
+    assert "--run-out" in line and "is a folder; give a file path" in line
+
+
 def test_console_script_entry_point(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "retrieval.cli", "demo", "--methods", "bm25"],
                          capture_output=True, text=True, check=True).stdout

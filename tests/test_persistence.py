@@ -473,3 +473,13 @@ def test_symlinks_are_refused(child: IndexChild, bm25_index: Path, tmp_path: Pat
 def test_an_index_reached_through_a_symlink_loads(bm25_index: Path, tmp_path: Path) -> None:
     (tmp_path / "link").symlink_to(bm25_index, target_is_directory=True)
     assert len(Retriever.load(tmp_path / "link")) == len(DOCS)
+
+
+def test_atomic_file_refuses_a_folder_before_writing(tmp_path) -> None:
+    """The rename over a folder failed only after the whole file was written, naming the temp file."""
+    from retrieval.persistence import atomic_file
+
+    with pytest.raises(IsADirectoryError, match="is a folder; a file path is needed here"):
+        with atomic_file(tmp_path) as fh:
+            fh.write("never")
+    assert list(tmp_path.iterdir()) == [] and not list(tmp_path.parent.glob(f".{tmp_path.name}.*"))
