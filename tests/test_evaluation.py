@@ -255,3 +255,21 @@ def test_surrogate_ids_never_reach_pytrec_eval() -> None:
 def test_evaluate_accepts_numpy_numbers() -> None:
     qrels = {"q": {"d": np.int64(1)}}
     assert evaluate(qrels, {"q": {"d": np.float32(0.5)}}, (1,))["nDCG@1"] == 1.0
+
+
+@pytest.mark.parametrize("k_values, words", [
+    ([1.5], "k_values must be positive integers, got \\[1.5\\]"),     # was silently cut to 1
+    (["10"], "k_values must be positive integers"),
+    ([True], "k_values must be positive integers"),
+    ([0, 10], "k_values must be positive integers"),
+    (None, "a positive integer or a list of them, got None"),
+    ("10", "a positive integer or a list of them, got '10'"),
+])
+def test_bad_k_values_are_named(k_values, words) -> None:
+    with pytest.raises(ValueError, match=words):
+        evaluate({"q": {"d": 1}}, {"q": {"d": 1.0}}, k_values)
+
+
+def test_one_k_value_may_be_an_int() -> None:
+    assert set(evaluate({"q": {"d": 1}}, {"q": {"d": 1.0}}, 10)) == {"nDCG@10", "MAP@10", "Recall@10", "P@10",
+                                                                      "MRR@10"}

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from retrieval.data import check_id, iter_lines
 from retrieval.errors import DataError, MissingDependency
 from retrieval.persistence import atomic_file
@@ -39,11 +41,16 @@ def _pytrec_eval():
     return pytrec_eval
 
 
-def _check_k(k_values: Iterable[int]) -> list[int]:
-    ks = sorted(set(int(k) for k in k_values))
-    if not ks or ks[0] < 1:
-        raise ValueError(f"k_values must be positive integers, got {ks}")
-    return ks
+def _check_k(k_values: Iterable[int] | int) -> list[int]:
+    """The cut-offs, sorted and unique: one int or a list of ints >= 1 (1.5, "10" and True are refused, not cut
+    to 1, 10 and 1)."""
+    values = [k_values] if isinstance(k_values, (int, np.integer)) else k_values
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise ValueError(f"k_values must be a positive integer or a list of them, got {k_values!r}")
+    values = list(values)
+    if not values or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in values):
+        raise ValueError(f"k_values must be positive integers, got {values!r}")
+    return sorted(set(int(k) for k in values))
 
 
 def _clean_grade(grade: Any, where: str) -> int:
