@@ -77,3 +77,17 @@ def test_compare_runs() -> None:
         compare_runs(qrels, better, worse, test="wilcoxon")
     with pytest.raises(ValueError, match="metric"):
         compare_runs(qrels, better, worse, metric="ndcg10")
+
+
+@pytest.mark.parametrize("metric", [None, "nDCG@0", "nDCG@\u00b2", "ndcg@10", "nDCG"])
+def test_compare_runs_names_a_bad_metric(metric) -> None:
+    """None raised AttributeError; a superscript digit passed isdigit() and failed in int()."""
+    with pytest.raises(ValueError, match="metric must be one of"):
+        compare_runs({"q": {"d": 1}, "r": {"d": 1}}, {"q": {"d": 1.0}, "r": {"d": 1.0}}, {"q": {"d": 1.0}, "r": {}},
+                     metric=metric)
+
+
+def test_compare_runs_reads_a_zero_padded_cut_off() -> None:
+    qrels = {"q": {"d": 1}, "r": {"d": 1}}
+    a, b = {"q": {"d": 1.0}, "r": {"d": 1.0}}, {"q": {"d": 1.0}, "r": {}}
+    assert compare_runs(qrels, a, b, metric="nDCG@07").mean_diff == compare_runs(qrels, a, b, metric="nDCG@7").mean_diff

@@ -113,9 +113,10 @@ def compare_runs(qrels: Qrels, run_a: Run, run_b: Run, metric: str = "nDCG@10", 
         raise ValueError(f"unknown test {test!r}; choose one of {TESTS}")
     from retrieval.eval.metrics import MEASURES
 
-    name, _, k = metric.partition("@")
-    if name not in MEASURES or not k.isdigit():
-        raise ValueError(f"metric must be one of {MEASURES} with a cut-off, like 'nDCG@10'; got {metric!r}")
-    a = per_query(qrels, run_a, (int(k),), ignore_identical_ids)[metric]
-    b = per_query(qrels, run_b, (int(k),), ignore_identical_ids)[metric]
+    name, _, k = metric.partition("@") if isinstance(metric, str) else ("", "", "")
+    if name not in MEASURES or not k.isascii() or not k.isdigit() or int(k) < 1:
+        raise ValueError(f"metric must be one of {MEASURES} with a cut-off >= 1, like 'nDCG@10'; got {metric!r}")
+    key = f"{name}@{int(k)}"    # "nDCG@07" is nDCG@7
+    a = per_query(qrels, run_a, (int(k),), ignore_identical_ids)[key]
+    b = per_query(qrels, run_b, (int(k),), ignore_identical_ids)[key]
     return paired_t_test(a, b) if test == "t" else randomization_test(a, b, **options)
