@@ -5,6 +5,7 @@ what older releases wrote, through each class's ``RENAMED`` map) and refuses key
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, fields, replace
 from typing import Any, ClassVar, TypeVar
@@ -64,3 +65,5 @@ def check_type(owner: str, name: str, value: Any, kinds: tuple[type, ...], optio
     if not isinstance(value, kinds) or (is_bool and bool not in kinds):
         names = " or ".join(k.__name__ for k in kinds) + (" or None" if optional else "")
         raise ValueError(f"{owner}.{name} must be {names}, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):   # NaN passes every range check after this
+        raise ValueError(f"{owner}.{name} must be a finite number, got {value!r}")

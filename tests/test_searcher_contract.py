@@ -299,3 +299,18 @@ def test_hybrid_load_routes_options_to_the_right_stage(enc, tmp_path, monkeypatc
     loaded = Retriever.load(tmp_path / "i", encoder=enc, n_jobs=1, weight=0.3, fusion="linear")
     assert loaded.searcher.bm25.n_jobs == 1 and loaded.searcher.fusion == "linear"
     assert loaded.searcher.weight == 0.3 and loaded.searcher.dense.encoder is enc
+
+
+@pytest.mark.parametrize("module, name, options", [
+    ("retrieval.sparse.scoring", "BM25Config", {"k1": float("nan")}),
+    ("retrieval.hybrid.searcher", "FusionConfig", {"rrf_k": float("inf")}),
+    ("retrieval.distributed.cluster", "ClusterConfig", {"timeout_s": float("nan")}),
+    ("training.config", "TSDAEConfig", {"corpus": "c", "out": "o", "lr": float("inf")}),
+])
+def test_config_numbers_must_be_finite(module: str, name: str, options: dict) -> None:
+    """NaN passed every range check ('k1 < 0' is False for NaN), so every BM25 score became NaN."""
+    import importlib
+
+    config = getattr(importlib.import_module(module), name)
+    with pytest.raises(ValueError, match=f"{name}.\\w+ must be a finite number"):
+        config(**options)

@@ -24,6 +24,7 @@ config is built, so ``config.lr`` is always the learning rate that is used and `
 from __future__ import annotations
 
 import dataclasses
+import math
 import operator
 import typing
 from pathlib import Path
@@ -137,6 +138,8 @@ class RunConfig(Config):
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             expected = " or ".join(k.__name__ for k in kinds) + (" or None" if optional else "")
             raise ValueError(f"{owner} must be {expected}, got {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):    # lr=inf passed "> 0"
+            raise ValueError(f"{owner} must be a finite number, got {value!r}")
         meta = f.metadata
         if meta.get("choices") and value not in meta["choices"]:
             raise ValueError(f"{owner} must be one of {meta['choices']}, got {value!r}")
