@@ -36,8 +36,10 @@ class NoiseConfig:
     def __post_init__(self) -> None:
         if self.kind not in NOISE_KINDS:
             raise ValueError(f"noise kind {self.kind!r}: expected one of {NOISE_KINDS}")
-        if not 0.0 <= self.ratio <= 1.0:
-            raise ValueError(f"noise ratio {self.ratio}: must be in [0, 1]")
+        if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) or not 0.0 <= self.ratio <= 1.0:
+            raise ValueError(f"noise ratio {self.ratio!r}: must be a number in [0, 1]")
+        if not isinstance(self.mask_token, str) or not self.mask_token:
+            raise ValueError(f"noise mask_token {self.mask_token!r}: must be a non-empty string")
         if self.unit not in ("word", "token"):
             raise ValueError(f"noise unit {self.unit!r}: expected 'word' or 'token'")
 
