@@ -155,10 +155,12 @@ def test_configs_are_frozen_and_objectives_share_one_name_per_concept():
         assert not names & {"output", "base_model", "learning_rate", "ct_variant"}
 
 
-@pytest.mark.parametrize("options, words", [({"ratio": "0.6"}, "noise ratio '0.6': must be a number in \\[0, 1\\]"),
-                                            ({"ratio": True}, "noise ratio True"),
-                                            ({"ratio": float("nan")}, "noise ratio nan"),
-                                            ({"mask_token": ""}, "mask_token '': must be a non-empty string")])
+@pytest.mark.parametrize("options, words", [
+    ({"ratio": "0.6"}, "noise ratio '0.6': must be a number in \\[0, 1\\]"),
+    ({"ratio": True}, "noise ratio True"),
+    ({"ratio": float("nan")}, "noise ratio nan"),
+    ({"mask_token": ""}, "mask_token '': must be a non-empty string"),
+])
 def test_noise_config_names_a_bad_value(options, words) -> None:
     """A string ratio raised TypeError from a comparison; True was taken as a ratio of 1."""
     with pytest.raises(ValueError, match=words):
