@@ -20,7 +20,7 @@ from retrieval.persistence import (atomic_dir, check_index_target, manifest_fiel
 from retrieval.safe_files import FileTable, check_tree, file_table, verifying
 from retrieval.protocols import Reranker, RowHits, Searcher
 from retrieval.rwlock import ReadWriteLock
-from retrieval.types import Hit, Run
+from retrieval.types import Hit, Run, typed_list
 
 if TYPE_CHECKING:
     from retrieval.distributed.search import ShardedRetriever
@@ -92,13 +92,7 @@ def check_queries(queries: object) -> list[str]:
     """A list of query strings from any iterable (a generator is read once); other types are refused."""
     if isinstance(queries, (str, bytes)):
         raise TypeError("retrieve_batch takes a list of query strings; use retrieve() for one")
-    if not isinstance(queries, Iterable):
-        raise TypeError(f"retrieve_batch takes a list of query strings, got {type(queries).__name__}")
-    out = list(queries)
-    for i, q in enumerate(out):
-        if not isinstance(q, str):
-            raise TypeError(f"query {i} is a {type(q).__name__}, not a str: {q!r:.60}")
-    return out
+    return typed_list(queries, str, "retrieve_batch", "query")
 
 
 class Retriever:

@@ -1,6 +1,7 @@
 """The data types every part of the library speaks: documents in, hits out."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -118,3 +119,17 @@ class Hit:
 # BEIR's dict shapes: qrels[qid][docid] = grade; run[qid][docid] = score.
 Qrels = dict[str, dict[str, int]]
 Run = dict[str, dict[str, float]]
+
+
+def typed_list(values: object, kind: type | tuple[type, ...], what: str, item: str) -> list[Any]:
+    """``values`` (any iterable but a string or a mapping; read once) as a list of ``kind`` items; else a TypeError
+    that names ``what`` took it and, for a bad item, its position (``"rerank: hit 2 is a str, not a Hit"``)."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = " or ".join(k.__name__ for k in kinds)
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise TypeError(f"{what} takes a list of {names}, got {type(values).__name__}")
+    out = list(values)
+    for i, value in enumerate(out):
+        if not isinstance(value, kinds):
+            raise TypeError(f"{what}: {item} {i} is a {type(value).__name__}, not a {names}: {value!r:.60}")
+    return out

@@ -346,7 +346,7 @@ def test_document_encoding_streams_in_blocks(tiny_model_dir, monkeypatch):
 
 
 @pytest.mark.parametrize("call, arg, words", [
-    ("encode_queries", None, "encode_queries takes a list of strings, got NoneType"),
+    ("encode_queries", None, "encode_queries takes a list of str, got NoneType"),
     ("encode_queries", [None], "encode_queries: query 0 is a NoneType, not a str"),
     ("encode_documents", [{"_id": "x", "text": "t"}], "document 0 is a dict, not a Document or str"),  # was its repr
     ("encode_documents", 5, "takes a list of Documents or strings, got int"),

@@ -22,7 +22,7 @@ from retrieval.dense.cpu import has_fast_bf16
 from retrieval.errors import MissingDependency
 from retrieval.models import (DEFAULT_EMBEDDER, bundled, folder_fingerprint, model_reference, model_spec,
                               resolve_model)
-from retrieval.types import Document
+from retrieval.types import Document, typed_list
 
 logger = logging.getLogger(__name__)
 
@@ -247,12 +247,7 @@ class BiEncoder:
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
         """Embed queries (with the query prefix): float32 array of shape (n, dim)."""
-        if isinstance(queries, (str, bytes)) or not isinstance(queries, Iterable):
-            raise TypeError(f"encode_queries takes a list of strings, got {type(queries).__name__}")
-        texts = list(queries)
-        for i, query in enumerate(texts):
-            if not isinstance(query, str):
-                raise TypeError(f"encode_queries: query {i} is a {type(query).__name__}, not a str: {query!r:.60}")
+        texts = typed_list(queries, str, "encode_queries", "query")
         return self._encode(texts, self.query_prefix, show_progress=False)
 
     def encode_documents(self, docs: Sequence[Document | str], show_progress: bool | None = None) -> np.ndarray:

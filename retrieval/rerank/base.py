@@ -5,11 +5,11 @@ set to its own score and the first stage's score kept in ``hit.extra["first_stag
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from retrieval.types import Hit
+from retrieval.types import Hit, typed_list
 
 
 def passage_text(hit: Hit) -> str:
@@ -24,13 +24,7 @@ def checked_input(query: object, hits: object) -> list[Hit]:
     a TypeError naming it here, not an AttributeError from inside a prompt or a model (or "None" in a prompt)."""
     if not isinstance(query, str):
         raise TypeError(f"rerank takes a query string, got {type(query).__name__}: {query!r:.60}")
-    if isinstance(hits, (str, bytes, Mapping)) or not isinstance(hits, Iterable):
-        raise TypeError(f"rerank takes a list of Hit, got {type(hits).__name__}")
-    out = list(hits)
-    for i, hit in enumerate(out):
-        if not isinstance(hit, Hit):
-            raise TypeError(f"rerank: hit {i} is a {type(hit).__name__}, not a Hit: {hit!r:.60}")
-    return out
+    return typed_list(hits, Hit, "rerank", "hit")
 
 
 def apply_scores(hits: Sequence[Hit], scores: Sequence[float]) -> list[Hit]:
