@@ -33,8 +33,12 @@ def test_retrieve_batch_and_run_shape() -> None:
     batch = r.retrieve_batch(["bark", "purr", "nothing matches xyz"], k=3)
     assert [[h.id for h in hits] for hits in batch] == [["b"], ["a"], []]
     assert r.run({"q1": "felines"}, k=10) == {"q1": {h.id: h.score for h in r.retrieve("felines", 10)}}
-    with pytest.raises(TypeError):
+    with pytest.raises(TypeError, match="use retrieve\\(\\) for one"):
         r.retrieve_batch("a single string")
+    with pytest.raises(TypeError, match="retrieve_batch takes a list of str, got dict"):   # its keys were searched
+        r.retrieve_batch({"q1": "felines"})
+    with pytest.raises(TypeError, match="retrieve_batch: query 1 is a int, not a str"):
+        r.retrieve_batch(["cats", 5])
     with pytest.raises(ValueError, match="k must be >= 1"):
         r.retrieve("cats", k=0)
 
