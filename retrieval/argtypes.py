@@ -30,23 +30,20 @@ def weight(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a weight in [0, 1], got {text!r}") from None
 
 
-def positive_seconds(text: str) -> float:
-    """An argparse type: a finite number of seconds > 0 (a NaN budget would never run out)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
-    return value
+def finite_number(minimum: float, inclusive: bool = True, what: str = "a number") -> Callable[[str], float]:
+    """An argparse type: a finite float >= ``minimum`` (> with ``inclusive=False``); NaN and inf are refused."""
+    bound = f"{'>=' if inclusive else '>'} {minimum:g}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value) or value < minimum or (value == minimum and not inclusive):
+            raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {text!r}")
+        return value
+    return parse
 
 
-def non_negative(text: str) -> float:
-    """An argparse type: a finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+positive_seconds = finite_number(0, inclusive=False, what="a number of seconds")   # a NaN budget never runs out
+non_negative = finite_number(0)
