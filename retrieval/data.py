@@ -21,6 +21,7 @@ import csv
 import gzip
 import json
 import logging
+import math
 import os
 import zlib
 from collections.abc import Callable, Container, Iterable, Iterator
@@ -433,13 +434,34 @@ def load_queries(path: str | Path) -> dict[str, str]:
     return queries
 
 
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _grade(text: str) -> int | None:
+    """A grade as written: an integer, or an integral float ('1.0', as pandas writes int columns); else None."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return int(value) if math.isfinite(value) and value.is_integer() else None
+
+
 def _iter_judgments(path: Path) -> Iterator[tuple[int, str, str, int]]:
     """``(line, query id, document id, grade)`` per judgment; a first line without a numeric grade is a header."""
     for n, line in iter_lines(path):
         parts = line.split()
         if not parts:
             continue
-        if n == 1 and not parts[-1].lstrip("-").isdigit():
+        if n == 1 and not _is_number(parts[-1]):
             continue  # header row
         if len(parts) == 3:
             qid, did, grade = parts
@@ -448,10 +470,9 @@ def _iter_judgments(path: Path) -> Iterator[tuple[int, str, str, int]]:
         else:
             raise DataError(f"{_where(path, n)}: expected 'query-id corpus-id score' (or TREC 'qid 0 docid rel'), "
                             f"got {len(parts)} fields")
-        try:
-            value = int(grade)
-        except ValueError:
-            raise DataError(f"{_where(path, n, 'score')}: relevance grade {grade[:40]!r} is not an integer") from None
+        value = _grade(grade)
+        if value is None:
+            raise DataError(f"{_where(path, n, 'score')}: relevance grade {grade[:40]!r} is not an integer")
         if not GRADE_RANGE[0] <= value <= GRADE_RANGE[1]:
             raise DataError(f"{_where(path, n, 'score')}: relevance grade {grade[:40]} is out of range")
         if "\x00" in line:  # the only bad character a strictly decoded line can hold

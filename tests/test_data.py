@@ -301,10 +301,22 @@ def test_repeated_and_conflicting_judgments(tmp_path: Path, caplog: pytest.LogCa
     ("q d 1\nq d2\n", "line 2: expected .*got 2 fields"),
     ("q d 1\nq e 99999999999\n", "line 2, field 'score': relevance grade 99999999999 is out of range"),
     ("q d 1\nq e 1.5\n", "line 2, field 'score': relevance grade '1.5' is not an integer"),
+    ("q d 1.5\nq e 1\n", "line 1, field 'score': relevance grade '1.5' is not an integer"),  # no header: a number
+    ("q d 1\nq e nan\n", "line 2, field 'score': relevance grade 'nan' is not an integer"),
+    ("q d 1\nq e 1e99\n", "line 2, field 'score': relevance grade 1e99 is out of range"),
 ])
 def test_qrels_malformed_lines_are_named(tmp_path: Path, content: str, words: str) -> None:
     with pytest.raises(DataError, match=rf"q.tsv, {words}"):
         load_qrels(write(tmp_path / "q.tsv", content))
+
+
+def test_qrels_integral_float_grades_are_read_as_ints(tmp_path: Path) -> None:
+    """pandas writes an int column holding a gap as floats ('1.0'): the same grades, not a header or an error."""
+    qrels = load_qrels(write(tmp_path / "q.tsv", "q1\td1\t1.0\nq1\td2\t0.0\nq2\td1\t-1.0\nq2\td3\t2\n"))
+    assert qrels == {"q1": {"d1": 1, "d2": 0}, "q2": {"d1": -1, "d3": 2}}
+    assert all(type(g) is int for docs in qrels.values() for g in docs.values())
+    with_header = load_qrels(write(tmp_path / "h.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t2.0\n"))
+    assert with_header == {"q1": {"d1": 2}}
 
 
 def _beir(tmp_path: Path, qrels: str, queries: str = '{"_id": "q1", "text": "a"}\n{"_id": "q2", "text": "b"}\n') -> Path:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.data import check_id, iter_lines
+from retrieval.data import GRADE_RANGE, check_id, iter_lines
 from retrieval.errors import DataError, MissingDependency
 from retrieval.persistence import atomic_file
 from retrieval.types import Qrels, Run
@@ -30,7 +30,6 @@ logger = logging.getLogger(__name__)
 MEASURES = ("nDCG", "MAP", "Recall", "P", "MRR")
 DEFAULT_K = (1, 10, 100)
 _TREC_NAMES = {"ndcg_cut": "nDCG", "map_cut": "MAP", "recall": "Recall", "P": "P"}
-_GRADE_RANGE = (-(2**31), 2**31 - 1)  # pytrec_eval stores grades as C ints; larger ones silently score 0
 
 
 def _pytrec_eval():
@@ -57,7 +56,7 @@ def _clean_grade(grade: Any, where: str) -> int:
     ok = isinstance(grade, numbers.Real) and not isinstance(grade, bool) and math.isfinite(grade)
     if not ok or int(grade) != grade:
         raise ValueError(f"{where}: relevance grade {grade!r} is not an integer")
-    if not _GRADE_RANGE[0] <= int(grade) <= _GRADE_RANGE[1]:
+    if not GRADE_RANGE[0] <= int(grade) <= GRADE_RANGE[1]:
         raise ValueError(f"{where}: relevance grade {grade!r} is out of range (pytrec_eval uses 32-bit ints)")
     return int(grade)
 
