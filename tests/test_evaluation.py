@@ -53,6 +53,24 @@ def test_metrics_equal_raw_pytrec_eval(sample_run) -> None:
     assert 0.5 < ours["nDCG@10"] <= 1.0
 
 
+def test_mrr_orders_ties_as_pytrec_eval_does() -> None:
+    """Tied scores: MRR ranks documents as trec_eval does (score, then id, descending), so it agrees with
+    pytrec_eval's recip_rank and with its P@1 on the same run; dict order used to decide (MRR@1 1.0, P@1 0)."""
+    qrels = {"q": {"a": 1, "b": 0, "c": 0}}
+    run = {"q": {"a": 1.0, "b": 1.0, "c": 1.0}}   # trec_eval ranks c, b, a
+    assert per_query(qrels, run, (1, 10))["MRR@10"] == {"q": 1 / 3}
+    rng = np.random.default_rng(0)
+    ids = ["d0", "d1", "d10", "d9", "D", "é", "x"]
+    for _ in range(300):
+        docs = list(rng.permutation(ids)[: rng.integers(1, len(ids) + 1)])
+        qrels = {"q": {d: int(rng.choice([-1, 0, 0, 1, 2])) for d in ids if rng.random() < 0.6} or {"d0": 1}}
+        run = {"q": {d: float(rng.choice([0.0, 0.5, 1.0])) for d in docs}}
+        ours = per_query(qrels, run, (1, 1000))
+        raw = pytrec_eval.RelevanceEvaluator(qrels, {"recip_rank", "P.1"}).evaluate(run)["q"]
+        assert ours["MRR@1000"]["q"] == pytest.approx(raw["recip_rank"], abs=1e-12), (qrels, run)
+        assert ours["MRR@1"]["q"] == pytest.approx(raw["P_1"], abs=1e-12), (qrels, run)
+
+
 def test_mrr_matches_hand_computation() -> None:
     qrels = {"q1": {"d2": 1, "d3": 0}, "q2": {"d9": 1}, "q3": {"d1": 2}}
     run = {"q1": {"d1": 3.0, "d3": 2.0, "d2": 1.0},  # first relevant at rank 3 (d3 has grade 0)

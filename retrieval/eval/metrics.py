@@ -6,7 +6,9 @@ returns ``{"nDCG@10": ..., "MAP@10": ..., "Recall@100": ..., "P@10": ..., "MRR@1
 Averaging follows BEIR's ``EvaluateRetrieval.evaluate`` exactly: nDCG, MAP, Recall and P are means over
 the queries pytrec_eval scores (judged queries that appear in the run, even with no hits); MRR@k is
 BEIR's ``custom_metrics.mrr`` (first relevant document, grade > 0, in the top k sorted by score) summed
-over the run and divided by the number of judged queries. BEIR rounds to 5 digits; we do not.
+over the run and divided by the number of judged queries, with ties ordered as trec_eval orders them (BEIR
+leaves them in dict order), so MRR@k equals pytrec_eval's ``recip_rank`` on the same top k. BEIR rounds to
+5 digits; we do not.
 """
 from __future__ import annotations
 
@@ -119,10 +121,14 @@ def drop_self_hits(run: Run) -> Run:
 
 
 def mrr_at_k(qrels: Qrels, run: Run, k: int) -> dict[str, float]:
-    """Per judged query: reciprocal rank of the first relevant (grade > 0) document in the top k (0 if none)."""
+    """Per judged query: reciprocal rank of the first relevant (grade > 0) document in the top k (0 if none).
+
+    Ties are ordered as trec_eval orders them (score, then document id, both descending), so MRR ranks the
+    documents exactly as the nDCG, MAP and P that pytrec_eval computes beside it (BEIR's dict order did not).
+    """
     out = {}
     for qid, rels in qrels.items():
-        ranked = sorted(run.get(qid, {}).items(), key=lambda x: x[1], reverse=True)[:k]
+        ranked = sorted(run.get(qid, {}).items(), key=lambda x: (x[1], x[0]), reverse=True)[:k]
         out[qid] = next((1.0 / (i + 1) for i, (d, _) in enumerate(ranked) if rels.get(d, 0) > 0), 0.0)
     return out
 
