@@ -30,6 +30,8 @@ def test_randomization_exact_distribution() -> None:
 def test_identical_systems_are_not_different() -> None:
     x = [0.1, 0.5, 0.9, 0.3]
     assert randomization_test(x, x).p_value == pytest.approx(1.0)
+    t = paired_t_test(x, list(x))
+    assert (t.statistic, t.p_value, t.significant()) == (0.0, 1.0, False)   # scipy alone says NaN
 
 
 def test_monte_carlo_is_seeded() -> None:

@@ -80,13 +80,20 @@ def _scores(values: Any, side: str) -> np.ndarray:
 
 
 def paired_t_test(a: Scores, b: Scores) -> PairedTestResult:
-    """Two-sided paired Student t-test on per-query differences."""
+    """Two-sided paired Student t-test on per-query differences.
+
+    Identical scores (every difference 0) give t = 0 and p = 1, where scipy's 0/0 gives NaN (which no
+    report or JSON file can hold, and which no ``p < alpha`` reads as "no difference").
+    """
     from scipy.stats import ttest_rel
 
     x, y = paired_arrays(a, b)
-    res = ttest_rel(x, y)
-    return PairedTestResult("t", len(x), float(x.mean()), float(y.mean()), float((x - y).mean()),
-                            float(res.statistic), float(res.pvalue))
+    if np.array_equal(x, y):
+        statistic, p_value = 0.0, 1.0
+    else:
+        res = ttest_rel(x, y)
+        statistic, p_value = float(res.statistic), float(res.pvalue)
+    return PairedTestResult("t", len(x), float(x.mean()), float(y.mean()), float((x - y).mean()), statistic, p_value)
 
 
 def randomization_test(a: Scores, b: Scores, n_resamples: int = 10_000, seed: int = 0) -> PairedTestResult:
