@@ -21,6 +21,12 @@ the system prompt and the query, as in reranking) and as query-likelihood prompt
   says how close each runtime's evaluated prompt tokens (the KV cache's spared ones excluded) come to the
   arithmetic this CPU does in float, and so the most any float runtime could gain over transformers here.
 
+``--ql-examples FILE`` (the JSONL of ``benchmarks/ql_demonstrations.py``): also time the query-likelihood
+reranker itself with those demonstrations, as the quality rows run it (``--ql-instruction``, ``--ql-passage-words``):
+every prompt starts with the same shots, which llama.cpp's KV cache computes once and transformers computes for
+every passage. Reported as prompt tokens/s and passages/s, with the cache's share and the two runtimes' agreement
+(max |mean log-prob difference|, same order per query).
+
 ``--chunk-sizes 55,110,220,440``: llama.cpp's prompt rate for one sequence of N tokens decoded as one batch, per
 N (random token ids, cold cache, best of ``--repeats``). It tells whether batching several passages into one
 decode would raise the rate: on a CPU it does if larger batches run faster per token.
@@ -51,8 +57,9 @@ from retrieval.rerank.base import passage_text  # noqa: E402
 from retrieval.rerank.llm.backends import load_backend  # noqa: E402
 from retrieval.rerank.llm.base import _softmax  # noqa: E402
 from retrieval.rerank.llm.gguf_convert import TARGETS  # noqa: E402
-from retrieval.rerank.llm.prompts import (YES_NO_CHOICES, query_likelihood_messages, truncate_words,  # noqa: E402
-                                          yes_no_messages)
+from retrieval.rerank.llm.prompts import (QL_INSTRUCTION, YES_NO_CHOICES, query_likelihood_messages,  # noqa: E402
+                                          truncate_words, yes_no_messages)
+from retrieval.rerank.llm.query_likelihood import QueryLikelihoodReranker  # noqa: E402
 from retrieval.retriever import Retriever  # noqa: E402
 
 FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8")
@@ -74,6 +81,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--repeats", type=at_least(1), default=3)
     parser.add_argument("--chunk-sizes", type=sizes, default=[], metavar="N,N,...",
                         help="also time llama.cpp's prompt rate for single batches of these token counts")
+    parser.add_argument("--ql-examples", metavar="FILE", help="also time the QL reranker with these demonstrations")
+    parser.add_argument("--ql-instruction", default=QL_INSTRUCTION)
+    parser.add_argument("--ql-passage-words", type=at_least(1), help="passage cut for --ql-examples (default: "
+                                                                       "--passage-words)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "out" / "llm_runtime.json"))
     return parser.parse_args(argv)
 
@@ -105,14 +116,14 @@ def chunk_rates(backend, chunk_sizes: list[int], repeats: int, seed: int = 0) ->
     return out
 
 
-def scifact_prompts(args: argparse.Namespace) -> tuple[list[str], list[list[str]]]:
-    """Queries and, per query, BM25's top passages (truncated) from SciFact test."""
+def scifact_prompts(args: argparse.Namespace) -> tuple[list[str], list[list[str]], list[list]]:
+    """Queries and, per query, BM25's top passages (truncated, and as hits) from SciFact test."""
     dataset = load_beir(Path(args.data) / "beir" / "scifact", "test")
     qids = seeded_order(dataset.queries, 0)
     queries = [dataset.queries[q] for q in qids[: args.queries]]
     retriever = Retriever.from_documents(dataset.corpus_path, method="bm25", show_progress=False)
     hits = retriever.retrieve_batch(queries, k=args.passages)
-    return queries, [[truncate_words(passage_text(h), args.passage_words) for h in row] for row in hits]
+    return queries, [[truncate_words(passage_text(h), args.passage_words) for h in row] for row in hits], hits
 
 
 def timed(fn, *a):
@@ -121,8 +132,8 @@ def timed(fn, *a):
     return out, time.perf_counter() - tic
 
 
-def measure(backend, queries, passages, args, counts) -> dict:
-    """One pass of every measurement for one runtime."""
+def measure(backend, queries, passages, args, counts, shots=None) -> dict:
+    """One pass of every measurement for one runtime (``shots``: (QL reranker with demonstrations, hits))."""
     yes_no = [yes_no_messages(q, p) for q, ps in zip(queries, passages) for p in ps]
     ql = [query_likelihood_messages(p) for ps in passages for p in ps]
     ql_targets = [q for q, ps in zip(queries, passages) for _ in ps]
@@ -133,7 +144,16 @@ def measure(backend, queries, passages, args, counts) -> dict:
     _, one_s = timed(backend.complete, GEN_PROMPT, 1)
     text, gen_s = timed(backend.complete, GEN_PROMPT, args.gen_tokens)
     generated = counts["generated"](text)
-    return {"yes_no_s": yes_no_s, "ql_s": ql_s, "one_token_s": one_s, "gen_s": gen_s,
+    extra = {}
+    if shots is not None:
+        reranker, hits = shots
+        reuse_before = getattr(backend, "tokens_reused", 0)
+        scores, shots_s = timed(lambda: [reranker.score(q, row) for q, row in zip(queries, hits)])
+        extra = {"ql_shots_s": shots_s, "ql_shots_prompt_tokens_per_s": counts["ql_shots"] / shots_s,
+                 "ql_shots_passages_per_s": sum(map(len, hits)) / shots_s,
+                 "ql_shots_tokens_reused": getattr(backend, "tokens_reused", 0) - reuse_before,
+                 "ql_shots_scores": np.concatenate(scores).tolist()}
+    return extra | {"yes_no_s": yes_no_s, "ql_s": ql_s, "one_token_s": one_s, "gen_s": gen_s,
             "yes_no_prompt_tokens_per_s": counts["yes_no"] / yes_no_s,
             "ql_prompt_tokens_per_s": counts["ql"] / ql_s, "yes_no_tokens_reused": reused,
             "generated_tokens": generated,   # the rate comes from all passes' times (best), not from one pass
@@ -155,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     import torch
 
     torch.set_num_threads(args.threads)
-    queries, passages = scifact_prompts(args)
+    queries, passages, hits = scifact_prompts(args)
     backends, load_s = {}, {}
     runtimes = [("transformers", "transformers", {"batch_size": args.passages})]
     runtimes += [(f"llama-cpp {v}", "llama-cpp", {"n_threads": args.threads} | variant_options(v)) for v in args.variants]
@@ -167,12 +187,23 @@ def main(argv: list[str] | None = None) -> dict:
               "ql": sum(tokens(query_likelihood_messages(p)) + len(hf.tokenizer(q, add_special_tokens=False)["input_ids"])
                         for q, ps in zip(queries, passages) for p in ps),
               "generated": lambda text: len(hf.tokenizer(text, add_special_tokens=False)["input_ids"])}
+    shots = {}
+    if args.ql_examples:
+        words = args.ql_passage_words or args.passage_words
+        shots = {name: QueryLikelihoodReranker(b, max_passage_words=words, instruction=args.ql_instruction,
+                                               examples=args.ql_examples) for name, b in backends.items()}
+        ranker = shots["transformers"]
+        counts["ql_shots"] = sum(tokens(query_likelihood_messages(truncate_words(passage_text(h), words),
+                                                                  ranker.instruction, ranker.examples))
+                                 + len(hf.tokenizer(q, add_special_tokens=False)["input_ids"])
+                                 for q, row in zip(queries, hits) for h in row)
     runs: dict[str, list[dict]] = {name: [] for name in backends}
     for _ in range(args.repeats):
         for name, backend in backends.items():
             if hasattr(backend, "forget_cache"):
                 backend.forget_cache()  # each pass starts cold: reuse only within the pass, as in reranking
-            runs[name].append(measure(backend, queries, passages, args, counts))
+            runs[name].append(measure(backend, queries, passages, args, counts,
+                                      (shots[name], hits) if shots else None))
     result = summarise(args, runs, load_s, counts, queries, passages)
     result["roofline"] = roofline(result, hf.model.config, gemm_gflops(hf.model.config, args.threads))
     if args.chunk_sizes:
@@ -205,14 +236,27 @@ def summarise(args, runs, load_s, counts, queries, passages) -> dict:
     hf_scores = np.array(runs["transformers"][-1]["scores"])
     variants = [name for name in runs if name != "transformers"]
     keys = ("yes_no_prompt_tokens_per_s", "ql_prompt_tokens_per_s", "generation_tokens_per_s")
+    shots = "ql_shots_s" in runs["transformers"][-1]
+    if shots:
+        keys += ("ql_shots_prompt_tokens_per_s", "ql_shots_passages_per_s")
     table = {name: {k: round(best(rows, k), 1) for k in keys} | {"load_s": round(load_s[name], 2)}
              for name, rows in runs.items()}
     for name in variants:
         table[name]["yes_no_tokens_reused"] = runs[name][-1]["yes_no_tokens_reused"]
-    return {
+        if shots:
+            table[name]["ql_shots_tokens_reused"] = runs[name][-1]["ql_shots_tokens_reused"]
+    extra = {}
+    if shots:
+        hf_ql = np.array(runs["transformers"][-1]["ql_shots_scores"])
+        extra = {"ql_examples": args.ql_examples, "ql_instruction": args.ql_instruction,
+                 "ql_passage_words": args.ql_passage_words or args.passage_words,
+                 "ql_shots_agreement": {name: agreement(hf_ql, np.array(runs[name][-1]["ql_shots_scores"]),
+                                                        args.passages) for name in variants}}
+    return extra | {
         "model": args.model, "llama_cpp_variants": args.variants, "threads": args.threads, "queries": len(queries),
         "passages_per_query": args.passages,
-        "passage_words": args.passage_words, "prompt_tokens": {"yes_no": counts["yes_no"], "ql": counts["ql"]},
+        "passage_words": args.passage_words,
+        "prompt_tokens": {k: counts[k] for k in ("yes_no", "ql", "ql_shots") if k in counts},
         "runtimes": table,
         "speedup_vs_transformers": {name: {k: round(table[name][k] / table["transformers"][k], 2) for k in keys}
                                     for name in variants},
@@ -274,6 +318,11 @@ def print_table(result: dict) -> None:
               f"{row['generation_tokens_per_s']:>18}{row['load_s']:>8}")
     for name, ratios in result["speedup_vs_transformers"].items():
         print(f"{name} / transformers: {ratios}; yes/no agreement {result['yes_no_agreement'][name]}")
+        if "ql_shots_agreement" in result:
+            row = result["runtimes"][name]
+            print(f"  QL with {result['ql_examples']}: {row['ql_shots_passages_per_s']} passages/s, "
+                  f"{row['ql_shots_tokens_reused']} of {result['prompt_tokens']['ql_shots']} prompt tokens from the "
+                  f"KV cache; agreement {result['ql_shots_agreement'][name]}")
     if "roofline" in result:
         roof = result["roofline"]
         print(f"roofline: {roof['linear_gflop_per_token']} GFLOP per prompt token, "

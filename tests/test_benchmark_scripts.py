@@ -142,6 +142,36 @@ def test_llm_runtime_parses_variants_and_summarises_each_against_transformers():
     assert np.isfinite(result["load_average"]).all()
 
 
+def test_llm_runtime_times_the_ql_reranker_with_demonstrations_on_each_runtime():
+    import argparse
+
+    runtime = load_script("llm_runtime")
+    args = runtime.parse_args(["--ql-examples", "shots.jsonl", "--ql-passage-words", "120"])
+    assert (args.ql_examples, args.ql_passage_words, args.ql_instruction) == ("shots.jsonl", 120, runtime.QL_INSTRUCTION)
+    with pytest.raises(SystemExit):
+        runtime.parse_args(["--ql-passage-words", "0"])
+    base = {"yes_no_prompt_tokens_per_s": 100.0, "ql_prompt_tokens_per_s": 100.0, "generated_tokens": 11,
+            "one_token_s": 0.1, "gen_s": 0.2, "yes_no_tokens_reused": 0, "scores": [0.9, 0.1]}
+    shots = lambda seconds, scores, reused=0: base | {  # noqa: E731  (one query of 2 passages, 1,000 prompt tokens)
+        "ql_shots_s": seconds, "ql_shots_prompt_tokens_per_s": 1000 / seconds, "ql_shots_passages_per_s": 2 / seconds,
+        "ql_shots_tokens_reused": reused, "ql_shots_scores": scores}
+    runs = {"transformers": [shots(4.0, [-1.0, -2.0])],
+            "llama-cpp f16": [shots(2.0, [-1.0, -2.0], 600), shots(1.0, [-1.005, -1.9], 600)]}
+    ns = argparse.Namespace(model="m", variants=["f16"], threads=1, passages=2, passage_words=60,
+                            ql_examples="shots.jsonl", ql_instruction="i", ql_passage_words=None)
+    counts = {"yes_no": 10, "ql": 10, "ql_shots": 1000}
+    result = runtime.summarise(ns, runs, {name: 1.0 for name in runs}, counts, ["a"], [])
+    assert result["speedup_vs_transformers"]["llama-cpp f16"]["ql_shots_passages_per_s"] == 4.0   # best pass
+    assert result["runtimes"]["llama-cpp f16"]["ql_shots_tokens_reused"] == 600
+    assert result["prompt_tokens"] == counts and result["ql_passage_words"] == 60
+    agree = result["ql_shots_agreement"]["llama-cpp f16"]                     # the last pass against transformers
+    assert agree["queries_same_order"] == 1 and agree["max_abs_diff"] == pytest.approx(0.1)
+    plain = runtime.summarise(argparse.Namespace(**{**vars(ns), "ql_examples": None}),
+                              {name: [{k: v for k, v in rows[0].items() if not k.startswith("ql_shots")}]
+                               for name, rows in runs.items()}, {name: 1.0 for name in runs}, counts, ["a"], [])
+    assert "ql_shots_agreement" not in plain and "ql_shots_passages_per_s" not in plain["runtimes"]["transformers"]
+
+
 def test_llm_runtime_roofline_counts_the_matmuls_and_excludes_the_tokens_the_cache_spared():
     import argparse
     from types import SimpleNamespace
