@@ -6,6 +6,9 @@ Each ``--llama-cpp`` names one llama.cpp variant: the weight type it runs (``f16
 ``none``: the file as shipped) and, after ``:plain``, plain CPU buffers (no AMX or repacked weights; the way
 quantised files run on AMX CPUs, where the extra buffers crash).
 
+Both runtimes keep the KV cache of a prompt start they have seen (llama.cpp between prompts, transformers for the
+prefix a batch shares, see ``HFCausalLM``); ``--transformers-plain`` adds transformers without it, as it ran before.
+
 Real SciFact prompts: for a few queries, BM25's top passages as yes/no prompts (every passage of a query shares
 the system prompt and the query, as in reranking) and as query-likelihood prompts. Per runtime, best of
 ``--repeats`` passes, runtimes alternating so machine load hits both alike:
@@ -78,6 +81,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--llama-cpp", action="append", dest="variants", metavar="TYPE[:plain]",
                         help="llama.cpp variant, repeatable: f16, q8_0 or none (as shipped), :plain for plain CPU "
                              "buffers (default: f16)")
+    parser.add_argument("--transformers-plain", action="store_true",
+                        help="also time transformers without its prefix cache (every prompt run whole)")
     parser.add_argument("--repeats", type=at_least(1), default=3)
     parser.add_argument("--chunk-sizes", type=sizes, default=[], metavar="N,N,...",
                         help="also time llama.cpp's prompt rate for single batches of these token counts")
@@ -178,6 +183,8 @@ def main(argv: list[str] | None = None) -> dict:
     queries, passages, hits = scifact_prompts(args)
     backends, load_s = {}, {}
     runtimes = [("transformers", "transformers", {"batch_size": args.passages})]
+    if args.transformers_plain:
+        runtimes += [("transformers plain", "transformers", {"batch_size": args.passages, "prefix_cache": False})]
     runtimes += [(f"llama-cpp {v}", "llama-cpp", {"n_threads": args.threads} | variant_options(v)) for v in args.variants]
     for name, kind, options in runtimes:
         backends[name], load_s[name] = timed(lambda: load_backend(args.model, backend=kind, **options))
@@ -241,7 +248,7 @@ def summarise(args, runs, load_s, counts, queries, passages) -> dict:
         keys += ("ql_shots_prompt_tokens_per_s", "ql_shots_passages_per_s")
     table = {name: {k: round(best(rows, k), 1) for k in keys} | {"load_s": round(load_s[name], 2)}
              for name, rows in runs.items()}
-    for name in variants:
+    for name in runs:
         table[name]["yes_no_tokens_reused"] = runs[name][-1]["yes_no_tokens_reused"]
         if shots:
             table[name]["ql_shots_tokens_reused"] = runs[name][-1]["ql_shots_tokens_reused"]

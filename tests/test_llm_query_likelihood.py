@@ -13,6 +13,7 @@ from retrieval.errors import DataError, LLMError
 from retrieval.rerank import load_reranker
 from retrieval.rerank.llm import ListwiseReranker, YesNoReranker
 from retrieval.rerank.llm.backends import HFCausalLM
+from retrieval.rerank.llm.prefix_cache import PrefixKV, common_prefix, shared_length
 from retrieval.rerank.llm.prompts import Messages, query_likelihood_messages
 from retrieval.rerank.llm.query_likelihood import QueryLikelihoodReranker, read_examples
 from retrieval.rerank.llm.replies import prompt_logprobs
@@ -249,6 +250,61 @@ def test_continuation_logprobs_equal_a_full_forward_pass(tiny_lm) -> None:
         assert len(row) == len(tail)
         np.testing.assert_allclose(row, expected, atol=1e-5)
         np.testing.assert_allclose(one, expected, atol=1e-5)   # batching with left padding changes nothing
+
+
+def test_prefix_cache_leaves_scores_unchanged_and_runs_the_demonstrations_once(tiny_lm) -> None:
+    model, tokenizer = tiny_lm
+    shots = [("mice cancer cells protein gene", "what causes cancer ?"), ("paris tower built iron", "the tower")]
+    passages = ("heart disease gene", "river water city music", "song")
+    prompts = [query_likelihood_messages(p, examples=shots) for p in passages]
+    targets = ["what causes heart disease ?", "the river", "song"]
+    plain = HFCausalLM(model, tokenizer, batch_size=2, prefix_cache=False)
+    cached = HFCausalLM(model, tokenizer, batch_size=2, min_prefix=1)
+    assert plain.prefix is None
+    expected = plain.continuation_logprobs(prompts, targets)
+    for _ in range(2):       # the second call finds the demonstrations in the cache the first one kept
+        for got, want in zip(cached.continuation_logprobs(prompts, targets), expected):
+            np.testing.assert_allclose(got, want, atol=1e-5)
+    shared = shared_length([tokenizer(cached.render(p), add_special_tokens=False)["input_ids"] for p in prompts])
+    assert shared > 20                                      # the system prompt and both demonstrations
+    assert cached.prefix.tokens_reused >= 3 * shared        # four batches, only the first ran them
+    single = HFCausalLM(model, tokenizer, batch_size=1, min_prefix=1)   # one row: the cache spans all but its end
+    for got, want in zip(single.continuation_logprobs(prompts, targets), expected):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert single.prefix.tokens_reused >= 2 * shared
+
+
+def test_prefix_kv_cuts_and_extends_the_kept_cache_to_the_keys_a_fresh_pass_computes(tiny_lm) -> None:
+    import torch
+
+    model, _ = tiny_lm
+    kv = PrefixKV(model)
+
+    def keys(cache) -> list:
+        return [layer.keys.clone() for layer in cache.layers]
+
+    def fresh(ids: list[int]) -> list:
+        with torch.inference_mode():
+            return keys(model(input_ids=torch.tensor([ids]), use_cache=True)[kv.arg])
+
+    a, b = list(range(3, 23)), list(range(3, 13)) + list(range(40, 46))
+    for ids, evaluated in ((a, 20), (a[:12], 0), (b, 6), (a, 10), (a, 0)):
+        before = kv.tokens_evaluated
+        got = kv.covering(ids)
+        assert kv.tokens_evaluated - before == evaluated          # only what the kept prefix lacks is run
+        for mine, theirs in zip(keys(got), fresh(ids)):
+            torch.testing.assert_close(mine, theirs, atol=1e-5, rtol=1e-5)
+    got.batch_repeat_interleave(3)                                 # the caller's copy: the kept one stays as it was
+    assert kv.cache.layers[0].keys.shape[0] == 1 and kv.ids == a
+    before = kv.tokens_reused
+    kv.covering(a[:15], rows=3)        # 15 from the kept cache, and 15 more for each of the batch's two other rows
+    assert kv.tokens_reused - before == 15 + 2 * 15
+    assert (common_prefix([1, 2, 3], [1, 2, 4]), common_prefix([], [1]), shared_length([[1, 2], [1, 2, 3], [1]])) \
+        == (2, 0, 1)
+    assert shared_length([]) == 0
+    for bad in ({"prefix_cache": "yes"}, {"min_prefix": 0}):
+        with pytest.raises(ValueError):
+            HFCausalLM(*tiny_lm, **bad)
 
 
 def test_query_likelihood_runs_on_the_tiny_lm(tiny_lm) -> None:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from retrieval.rerank.llm.backends import HFCausalLM, choice_token_ids
 from retrieval.rerank.llm import ListwiseReranker, QueryLikelihoodReranker, RatingReranker, YesNoReranker
-from retrieval.rerank.llm.prompts import Messages, render_plain
+from retrieval.rerank.llm.prompts import Messages, render_plain, yes_no_messages
 from retrieval.rerank import load_reranker
 from retrieval.types import Hit
 from helpers.tiny_rerank_models import tiny_causal_lm
@@ -162,6 +162,23 @@ def test_batched_scoring_equals_one_by_one(tiny_lm) -> None:
     batched = HFCausalLM(model, tokenizer, batch_size=3).choice_logprobs(PROMPTS, ["Yes", "No", "3"])
     single = HFCausalLM(model, tokenizer, batch_size=1).choice_logprobs(PROMPTS, ["Yes", "No", "3"])
     np.testing.assert_allclose(batched, single, atol=1e-5)  # left padding must not shift positions
+
+
+def test_prefix_cache_leaves_yes_no_scores_unchanged_and_reuses_the_query_part(tiny_lm) -> None:
+    model, tokenizer = tiny_lm
+    prompts = [yes_no_messages("what causes cancer in mice ?", p)
+               for p in ("mice cancer cells", "paris tower built iron", "water", "the heart disease gene protein")]
+    plain = HFCausalLM(model, tokenizer, batch_size=3, prefix_cache=False)
+    cached = HFCausalLM(model, tokenizer, batch_size=3, min_prefix=1)
+    expected = plain.choice_logprobs(prompts, ["Yes", "No"])
+    np.testing.assert_allclose(cached.choice_logprobs(prompts, ["Yes", "No"]), expected, atol=1e-5)
+    assert cached.prefix.tokens_reused > 0 and cached.prefix.ids       # the second batch reused the system + query
+    other = [yes_no_messages("is the tower in paris ?", "paris tower")]  # another query: only the system part is shared
+    np.testing.assert_allclose(cached.choice_logprobs(other, ["Yes", "No"]),
+                               plain.choice_logprobs(other, ["Yes", "No"]), atol=1e-5)
+    high = HFCausalLM(model, tokenizer, batch_size=3, min_prefix=10_000)  # shorter shared parts are not cached
+    np.testing.assert_allclose(high.choice_logprobs(prompts, ["Yes", "No"]), expected, atol=1e-5)
+    assert high.prefix.tokens_evaluated == 0 and high.prefix.ids == []
 
 
 def test_choice_logprobs_are_the_next_token_distribution(tiny_lm) -> None:

@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 from retrieval.errors import LLMError, MissingDependency
 from retrieval.models import DEFAULT_LLM, resolve_model
 from retrieval.rerank.llm.gguf_probe import runnable_gguf
+from retrieval.rerank.llm.prefix_cache import common_prefix
 from retrieval.rerank.llm.prompts import Messages, first_line_end, render_plain
 from retrieval.rerank.llm.prompts import first_line as _first_line
 from retrieval.rerank.llm.replies import logsumexp
@@ -83,14 +84,6 @@ def open_llama(path: str, extra_buffers: bool = True, **kwargs: Any) -> Any:
             return Llama(model_path=path, **kwargs)
         finally:
             native.llama_model_default_params = default
-
-
-def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    for i in range(n):
-        if a[i] != b[i]:
-            return i
-    return n
 
 
 class LlamaCppLM:
@@ -197,7 +190,7 @@ class LlamaCppLM:
         ``first_output``) are not evaluated again."""
         if not tokens or not 0 <= first_output < len(tokens):
             raise ValueError(f"first_output={first_output} must index into the {len(tokens)} tokens")
-        keep = min(_common_prefix(self._cached, tokens), first_output)
+        keep = min(common_prefix(self._cached, tokens), first_output)
         self.llm._ctx.kv_cache_seq_rm(-1, keep, -1)
         self._cached = list(tokens[:keep])
         self.tokens_reused += keep
