@@ -13,7 +13,7 @@ from retrieval.errors import DataError, LLMError
 from retrieval.rerank import load_reranker
 from retrieval.rerank.llm import ListwiseReranker, YesNoReranker
 from retrieval.rerank.llm.backends import HFCausalLM
-from retrieval.rerank.llm.prefix_cache import PrefixKV, common_prefix, shared_length
+from retrieval.rerank.llm.prefix_cache import PrefixKV, common_prefix, shared_length, sliding_window
 from retrieval.rerank.llm.prompts import Messages, query_likelihood_messages
 from retrieval.rerank.llm.query_likelihood import QueryLikelihoodReranker, read_examples
 from retrieval.rerank.llm.replies import prompt_logprobs
@@ -302,6 +302,17 @@ def test_prefix_kv_cuts_and_extends_the_kept_cache_to_the_keys_a_fresh_pass_comp
     assert (common_prefix([1, 2, 3], [1, 2, 4]), common_prefix([], [1]), shared_length([[1, 2], [1, 2, 3], [1]])) \
         == (2, 0, 1)
     assert shared_length([]) == 0
+    from transformers import Gemma3TextConfig, LlamaConfig, MistralConfig, Qwen2Config
+
+    assert [sliding_window(c) for c in (LlamaConfig(), Qwen2Config(), MistralConfig(sliding_window=4096),
+                                        Gemma3TextConfig(num_hidden_layers=2))] == [False, False, True, True]
+    from transformers import Gemma3ForCausalLM
+
+    tokenizer = tiny_lm[1]
+    gemma = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32,
+                                               num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
+                                               head_dim=8, sliding_window=8))
+    assert HFCausalLM(gemma, tokenizer).prefix is None       # its cache cannot be cut back: prompts run whole
     for bad in ({"prefix_cache": "yes"}, {"min_prefix": 0}):
         with pytest.raises(ValueError):
             HFCausalLM(*tiny_lm, **bad)

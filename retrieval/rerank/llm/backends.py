@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from retrieval.errors import LLMError, MissingDependency
 from retrieval.models import DEFAULT_LLM, resolve_model
-from retrieval.rerank.llm.prefix_cache import PrefixKV, shared_length
+from retrieval.rerank.llm.prefix_cache import PrefixKV, shared_length, sliding_window
 from retrieval.rerank.llm.prompts import Messages, first_line_end, render_chatml, render_plain
 from retrieval.rerank.llm.prompts import first_line as _first_line
 from retrieval.rerank.llm.replies import (choice_scores, logsumexp, model_id, parse_json, prompt_logprobs,
@@ -64,7 +64,8 @@ class HFCausalLM:
 
     ``prefix_cache``: the first tokens a batch's prompts share (the system prompt, demonstrations, one query's
     yes/no prompts), when at least ``min_prefix`` long, run once and their KV cache is kept for the next batch
-    that starts the same way, as the llama.cpp backend does; scores are unchanged (tested to 1e-5).
+    that starts the same way, as the llama.cpp backend does; scores are unchanged (tested to 1e-5). Models with
+    sliding-window attention run every prompt whole (their caches cannot be cut back to a shorter prefix).
     """
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 8, max_length: int = 2048,
@@ -76,6 +77,10 @@ class HFCausalLM:
         self.min_prefix = _count("min_prefix", min_prefix, minimum=1)
         if not isinstance(prefix_cache, bool):
             raise ValueError(f"prefix_cache must be True or False, got {prefix_cache!r}")
+        if prefix_cache and sliding_window(self.model.config):
+            logger.info("no prefix cache for %s: its sliding-window attention cache cannot be cut back",
+                        type(self.model).__name__)
+            prefix_cache = False
         self.prefix = PrefixKV(self.model) if prefix_cache else None
         self.show_progress = show_progress
         tokenizer.padding_side = "left"

@@ -31,6 +31,16 @@ def shared_length(rows: Sequence[Sequence[int]]) -> int:
     return n
 
 
+def sliding_window(config: Any) -> bool:
+    """Whether a transformers model config has sliding-window attention layers (Gemma 2/3, Mistral 7B v0.1): their
+    caches keep only the last window of keys and cannot be cut back to a shorter prefix, so none is kept for them."""
+    if any("sliding" in str(kind) for kind in getattr(config, "layer_types", None) or ()):
+        return True
+    if getattr(config, "use_sliding_window", None) is False:      # Qwen2 names a window it does not use
+        return False
+    return getattr(config, "sliding_window", None) is not None
+
+
 class PrefixKV:
     """The KV cache of the last prefix a transformers causal LM ran, cut or extended to fit the next one."""
 
@@ -49,8 +59,6 @@ class PrefixKV:
         import torch
 
         have = common_prefix(self.ids, ids)
-        if have < len(self.ids) and not getattr(self.cache, "is_croppable", True):
-            have = 0                  # a sliding-window cache cannot be cut back: start again
         cache = None
         if have:
             cache = copy.deepcopy(self.cache)
