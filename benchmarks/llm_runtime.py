@@ -10,7 +10,8 @@ Both runtimes keep the KV cache of a prompt start they have seen (llama.cpp betw
 prefix a batch shares, see ``HFCausalLM``); ``--transformers-plain`` adds transformers without it, as it ran before.
 
 Real SciFact prompts: for a few queries, BM25's top passages as yes/no prompts (every passage of a query shares
-the system prompt and the query, as in reranking) and as query-likelihood prompts. Per runtime, best of
+the system prompt and the query, as in reranking) and as query-likelihood prompts, one call per query as the
+rerankers make them. Per runtime, best of
 ``--repeats`` passes, runtimes alternating so machine load hits both alike:
 
 * prompt tokens/s = all prompt tokens (as tokenized) / seconds of ``choice_logprobs`` (yes/no) and
@@ -139,13 +140,14 @@ def timed(fn, *a):
 
 def measure(backend, queries, passages, args, counts, shots=None) -> dict:
     """One pass of every measurement for one runtime (``shots``: (QL reranker with demonstrations, hits))."""
-    yes_no = [yes_no_messages(q, p) for q, ps in zip(queries, passages) for p in ps]
-    ql = [query_likelihood_messages(p) for ps in passages for p in ps]
-    ql_targets = [q for q, ps in zip(queries, passages) for _ in ps]
+    # one call per query, as a reranker makes them (a batch never mixes two queries' prompts)
+    yes_no = [[yes_no_messages(q, p) for p in ps] for q, ps in zip(queries, passages)]
+    ql = [([query_likelihood_messages(p) for p in ps], [q] * len(ps)) for q, ps in zip(queries, passages)]
     reuse_before = getattr(backend, "tokens_reused", 0)
-    logprobs, yes_no_s = timed(backend.choice_logprobs, yes_no, YES_NO_CHOICES)
+    logprobs, yes_no_s = timed(lambda: np.concatenate([backend.choice_logprobs(rows, YES_NO_CHOICES)
+                                                       for rows in yes_no]))
     reused = getattr(backend, "tokens_reused", 0) - reuse_before
-    _, ql_s = timed(backend.continuation_logprobs, ql, ql_targets)
+    _, ql_s = timed(lambda: [backend.continuation_logprobs(rows, targets) for rows, targets in ql])
     _, one_s = timed(backend.complete, GEN_PROMPT, 1)
     text, gen_s = timed(backend.complete, GEN_PROMPT, args.gen_tokens)
     generated = counts["generated"](text)
@@ -246,8 +248,8 @@ def summarise(args, runs, load_s, counts, queries, passages) -> dict:
     shots = "ql_shots_s" in runs["transformers"][-1]
     if shots:
         keys += ("ql_shots_prompt_tokens_per_s", "ql_shots_passages_per_s")
-    table = {name: {k: round(best(rows, k), 1) for k in keys} | {"load_s": round(load_s[name], 2)}
-             for name, rows in runs.items()}
+    table = {name: {k: round(best(rows, k), 3 if "passages" in k else 1) for k in keys}
+             | {"load_s": round(load_s[name], 2)} for name, rows in runs.items()}
     for name in runs:
         table[name]["yes_no_tokens_reused"] = runs[name][-1]["yes_no_tokens_reused"]
         if shots:
