@@ -27,8 +27,8 @@ rerankers make them. Per runtime, best of
 
 ``--ql-examples FILE`` (the JSONL of ``benchmarks/ql_demonstrations.py``): also time the query-likelihood
 reranker itself with those demonstrations, as the quality rows run it (``--ql-instruction``, ``--ql-passage-words``):
-every prompt starts with the same shots, which llama.cpp's KV cache computes once and transformers computes for
-every passage. Reported as prompt tokens/s and passages/s, with the cache's share and the two runtimes' agreement
+every prompt starts with the same shots, which each runtime's KV cache computes once (``transformers plain``: for
+every passage). Reported as prompt tokens/s and passages/s, with the cache's share and the two runtimes' agreement
 (max |mean log-prob difference|, same order per query).
 
 ``--chunk-sizes 55,110,220,440``: llama.cpp's prompt rate for one sequence of N tokens decoded as one batch, per
