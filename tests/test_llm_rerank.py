@@ -173,6 +173,10 @@ def test_prefix_cache_leaves_yes_no_scores_unchanged_and_reuses_the_query_part(t
     expected = plain.choice_logprobs(prompts, ["Yes", "No"])
     np.testing.assert_allclose(cached.choice_logprobs(prompts, ["Yes", "No"]), expected, atol=1e-5)
     assert cached.prefix.tokens_reused > 0 and cached.prefix.ids       # the second batch reused the system + query
+    cached.forget_cache()                                               # a cold start: the prefix is run again
+    before = cached.prefix.tokens_evaluated
+    np.testing.assert_allclose(cached.choice_logprobs(prompts, ["Yes", "No"]), expected, atol=1e-5)
+    assert cached.prefix.tokens_evaluated > before
     other = [yes_no_messages("is the tower in paris ?", "paris tower")]  # another query: only the system part is shared
     np.testing.assert_allclose(cached.choice_logprobs(other, ["Yes", "No"]),
                                plain.choice_logprobs(other, ["Yes", "No"]), atol=1e-5)

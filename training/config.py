@@ -24,7 +24,6 @@ config is built, so ``config.lr`` is always the learning rate that is used and `
 from __future__ import annotations
 
 import dataclasses
-import math
 import operator
 import typing
 from pathlib import Path
@@ -32,7 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from retrieval.configs import Config
+from retrieval.configs import Config, check_type
 from retrieval.models import DEFAULT_EMBEDDER
 from retrieval.rerank.llm.gguf_convert import TARGETS as GGUF_TARGETS
 
@@ -135,11 +134,7 @@ class RunConfig(Config):
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
             object.__setattr__(self, f.name, value)
-        if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
-            expected = " or ".join(k.__name__ for k in kinds) + (" or None" if optional else "")
-            raise ValueError(f"{owner} must be {expected}, got {value!r}")
-        if isinstance(value, float) and not math.isfinite(value):    # lr=inf passed "> 0"
-            raise ValueError(f"{owner} must be a finite number, got {value!r}")
+        check_type(type(self).__name__, f.name, value, kinds, optional)   # the type, and a finite float
         meta = f.metadata
         if meta.get("choices") and value not in meta["choices"]:
             raise ValueError(f"{owner} must be one of {meta['choices']}, got {value!r}")

@@ -32,6 +32,7 @@ from retrieval.rerank.llm.prompts import first_line as _first_line
 from retrieval.rerank.llm.replies import (choice_scores, logsumexp, model_id, parse_json, prompt_logprobs,
                                           reply_text)
 from retrieval.rerank.base import checked_count as _count
+from retrieval.rerank.base import checked_flag
 from retrieval.rerank.llm.tokens import choice_token_ids
 from retrieval.rerank.llm.transport import Limits, Retryable, backoff_delay, http_call
 
@@ -75,9 +76,7 @@ class HFCausalLM:
         self.batch_size = _count("batch_size", batch_size, minimum=1)
         self.max_length = _count("max_length", max_length, minimum=1)
         self.min_prefix = _count("min_prefix", min_prefix, minimum=1)
-        if not isinstance(prefix_cache, bool):
-            raise ValueError(f"prefix_cache must be True or False, got {prefix_cache!r}")
-        if prefix_cache and sliding_window(self.model.config):
+        if checked_flag("prefix_cache", prefix_cache) and sliding_window(self.model.config):
             logger.info("no prefix cache for %s: its sliding-window attention cache cannot be cut back",
                         type(self.model).__name__)
             prefix_cache = False
@@ -97,7 +96,7 @@ class HFCausalLM:
     def forget_cache(self) -> None:
         """Drop the kept prefix: the next prompt starts cold (benchmarks time each pass alike)."""
         if self.prefix is not None:
-            self.prefix.ids, self.prefix.cache = [], None
+            self.prefix.forget()
 
     @classmethod
     def from_pretrained(cls, name: str = DEFAULT_LLM, *, device: str = "cpu", dtype: str | None = None,

@@ -53,6 +53,10 @@ class PrefixKV:
         # transformers 5 renamed ``past_key_values`` to ``cache`` (the old name still works, with a warning)
         self.arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
+    def forget(self) -> None:
+        """Drop the kept prefix (the counts stay)."""
+        self.ids, self.cache = [], None
+
     def covering(self, ids: Sequence[int], rows: int = 1) -> Any:
         """A cache of its own (the caller's forward pass grows it) holding the keys and values of all of ``ids``,
         for a batch of ``rows`` prompts that start with them (counted as spared for all but the one that ran them)."""
